@@ -1,0 +1,20 @@
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+"""
+
+from pubctl.migrations.frozen import run_frozen
+
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_frozen(__file__, "up")
+
+
+def downgrade() -> None:
+    run_frozen(__file__, "down")

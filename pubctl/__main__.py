@@ -1,0 +1,3 @@
+from pubctl.cli import main
+
+main()

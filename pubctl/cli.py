@@ -1,0 +1,225 @@
+"""The ``pubctl`` command line: a thin layer over the modules that do the work.
+
+Exit codes: 0 success, 1 ``verify`` found drift, 2 bad usage or bad input,
+3 an operation failed, 4 the database was migrated by a newer pubctl.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+import psycopg
+
+from pubctl import __version__, db, migrate, status
+from pubctl.errors import EXIT_FAILURE, EXIT_USAGE, PubctlError
+from pubctl.queries import query, read_sql_file
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@dataclass
+class Settings:
+    """Options shared by every command."""
+
+    url: str
+    debug: bool
+    app_schema: str | None
+
+
+_debug = False
+
+
+def _check_url(_ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    url = value or ""
+    try:
+        return db.validate_url(url)
+    except db.BadDatabaseUrl as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--database-url",
+    envvar=["PUBCTL_DATABASE_URL", "DATABASE_URL"],
+    show_envvar=True,
+    callback=_check_url,
+    metavar="URL",
+    help="libpq URL or conninfo of the database; without it, the PG* environment is used.",
+)
+@click.option(
+    "--app-schema",
+    envvar="PUBCTL_APP_SCHEMA",
+    show_envvar=True,
+    metavar="SCHEMA",
+    help="Schema of study_topic and study_question, chosen at the first migrate [default: public].",
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="PUBCTL_DEBUG",
+    show_envvar=True,
+    help="Show tracebacks on errors.",
+)
+@click.version_option(__version__, "--version", prog_name="pubctl")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str, app_schema: str | None, debug: bool) -> None:
+    """Publish study topics and questions through triggers, an outbox and a feed."""
+    global _debug
+    _debug = debug
+    ctx.obj = Settings(url=database_url, debug=debug, app_schema=app_schema)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    obj = ctx.find_object(Settings)
+    assert obj is not None
+    return obj
+
+
+def _revision_choice(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    known = migrate.revisions()
+    if value in ("head", "base", *known):
+        return value
+    raise click.BadParameter(
+        f"{value!r} is not a pubctl revision; use head, base or one of: {', '.join(known)}",
+        param=param,
+    )
+
+
+@cli.command("migrate")
+@click.option(
+    "--revision",
+    default="head",
+    show_default=True,
+    callback=_revision_choice,
+    help="Target revision: head, base (removes everything of pubctl's) or a revision id.",
+)
+@click.pass_context
+def migrate_cmd(ctx: click.Context, revision: str) -> None:
+    """Upgrade (or downgrade) pubctl's schema in the database."""
+    settings = _settings(ctx)
+    run = migrate.migrate(
+        settings.url,
+        revision,
+        app_schema=settings.app_schema,
+        on_step=lambda message: click.echo(f"  {message}"),
+    )
+    where = db.describe(settings.url)
+    if run.before == run.after:
+        click.echo(f"{where} is already at revision {run.after or 'base'}; nothing to do")
+    else:
+        click.echo(f"migrated {where} from {run.before or 'base'} to {run.after or 'base'}")
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Show the migration revision, capture and publishing state."""
+    settings = _settings(ctx)
+    report = status.collect(settings.url)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        click.echo(status.render(report))
+
+
+def _set_publishing(ctx: click.Context, enabled: bool) -> None:
+    settings = _settings(ctx)
+    with db.connect(settings.url) as conn:
+        migrate.require_current(conn, settings.url)
+        conn.execute(query("set_publishing"), {"enabled": enabled})
+    state = "on" if enabled else "off"
+    click.echo(f"publishing is {state} for {db.describe(settings.url)}")
+    if enabled:
+        click.echo("run `pubctl backfill all` to publish what changed while it was off")
+
+
+@cli.command("enable")
+@click.pass_context
+def enable_cmd(ctx: click.Context) -> None:
+    """Switch publishing on: writes to the application's tables reach the outbox."""
+    _set_publishing(ctx, True)
+
+
+@cli.command("disable")
+@click.pass_context
+def disable_cmd(ctx: click.Context) -> None:
+    """Switch publishing off: writes add nothing to the outbox until `enable`."""
+    _set_publishing(ctx, False)
+
+
+@cli.command("init-sample-schema")
+@click.pass_context
+def init_sample_schema_cmd(ctx: click.Context) -> None:
+    """Create the sample study_topic / study_question tables (demos and tests only)."""
+    settings = _settings(ctx)
+    schema = settings.app_schema or migrate.DEFAULT_APP_SCHEMA
+    with db.connect(settings.url) as conn:
+        ident = psycopg.sql.Identifier(schema)
+        conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        conn.execute(psycopg.sql.SQL("SET LOCAL search_path TO {}").format(ident))
+        conn.execute(read_sql_file("sample_app_schema.sql").encode())
+    click.echo(f"sample tables study_topic, study_question are in schema {schema}")
+
+
+def _fail(message: str, code: int, url: str = "") -> NoReturn:
+    click.echo(f"pubctl: {db.mask(message, url)}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``pubctl`` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    url_hint = _url_from_args(args)
+    try:
+        return cli.main(args=args, prog_name="pubctl", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("pubctl: interrupted", err=True)
+        sys.exit(130)
+    except PubctlError as exc:
+        if _debug:
+            traceback.print_exc()
+        message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+        _fail(message, exc.exit_code, url_hint)
+    except psycopg.Error as exc:
+        if _debug:
+            traceback.print_exc()
+        sqlstate = getattr(exc, "sqlstate", None)
+        text = " ".join(str(exc).split())
+        _fail(
+            f"database error{f' [{sqlstate}]' if sqlstate else ''}: {text}", EXIT_FAILURE, url_hint
+        )
+    except Exception as exc:
+        if _debug:
+            traceback.print_exc()
+        text = " ".join(str(exc).split())
+        _fail(
+            f"unexpected error: {type(exc).__name__}: {text} (run with --debug for details)",
+            EXIT_FAILURE,
+            url_hint,
+        )
+
+
+def _url_from_args(args: list[str]) -> str:
+    # Only used to mask a password that appears in an error message.
+    import os
+
+    for i, arg in enumerate(args):
+        if arg == "--database-url" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--database-url="):
+            return arg.split("=", 1)[1]
+    return os.environ.get("PUBCTL_DATABASE_URL") or os.environ.get("DATABASE_URL") or ""

@@ -1,0 +1,234 @@
+"""Alembic, wired for pubctl: its scripts ship in the package, its version table lives
+in schema ``pub``, and every run is one transaction under an advisory lock.
+
+The whole run (every step up or down) is a single transaction: a failure anywhere
+leaves the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import sqlalchemy
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy.pool import NullPool
+
+from alembic import command
+from pubctl import db
+from pubctl.errors import MissingSourceError, NotMigratedError, PubctlError, SchemaNewerError
+from pubctl.queries import query
+from pubctl.source import source_problems
+
+PUB_SCHEMA = "pub"
+DEFAULT_APP_SCHEMA = "public"
+
+
+def script_directory() -> ScriptDirectory:
+    """Alembic's view of the migration scripts shipped inside the package."""
+    return ScriptDirectory(str(importlib.resources.files("pubctl.migrations")))
+
+
+def revisions() -> list[str]:
+    """All revision ids, oldest first (the history is linear)."""
+    return [rev.revision for rev in reversed(list(script_directory().walk_revisions()))]
+
+
+def head_revision() -> str:
+    """The newest revision this pubctl knows."""
+    head = script_directory().get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """The revision the database is at, or None when pubctl is not installed."""
+    row = conn.execute(query("has_version_table")).fetchone()
+    if not row or not row[0]:
+        return None
+    version = conn.execute(query("pub_version")).fetchone()
+    return str(version[0]) if version else None
+
+
+def require_current(conn: psycopg.Connection[tuple[object, ...]], url: str) -> str:
+    """Check the database is migrated to exactly this pubctl's head.
+
+    Raises ``NotMigratedError`` (naming ``pubctl migrate``) when it is not installed or
+    behind, and ``SchemaNewerError`` when a newer pubctl migrated it.
+    """
+    current = current_revision(conn)
+    head = head_revision()
+    if current is None:
+        raise NotMigratedError(
+            f"{db.describe(url)} has no pubctl schema",
+            hint="run `pubctl migrate` first",
+        )
+    if current not in revisions():
+        raise SchemaNewerError(
+            f"{db.describe(url)} was migrated by a newer pubctl (revision {current}); "
+            f"this pubctl only knows revisions up to {head}",
+            hint="upgrade pubctl; do not downgrade the database with an older pubctl",
+        )
+    if current != head:
+        raise NotMigratedError(
+            f"{db.describe(url)} is at pubctl revision {current}, this pubctl needs {head}",
+            hint="run `pubctl migrate`",
+        )
+    return current
+
+
+@dataclass
+class MigrationRun:
+    """What one ``pubctl migrate`` did."""
+
+    before: str | None
+    after: str | None
+    steps: list[str] = field(default_factory=list)
+
+
+def _engine(url: str) -> sqlalchemy.Engine:
+    # The creator keeps libpq's own URL and PG* environment handling exactly as the
+    # rest of pubctl sees it; SQLAlchemy only wraps the connection.
+    def creator() -> Any:
+        return db.connect(url)
+
+    return sqlalchemy.create_engine("postgresql+psycopg://", creator=creator, poolclass=NullPool)
+
+
+def _direction(before: str | None, target: str) -> str:
+    known = revisions()
+    if target == "head":
+        target = known[-1]
+    if target == "base":
+        return "downgrade"
+    if target not in known:
+        raise PubctlError(f"unknown revision {target!r}")  # checked earlier by the CLI
+    if before is None:
+        return "upgrade"
+    if before not in known:
+        return "upgrade"  # env.py refuses with SchemaNewerError
+    return "downgrade" if known.index(target) < known.index(before) else "upgrade"
+
+
+def migrate(
+    url: str,
+    revision: str = "head",
+    *,
+    app_schema: str | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> MigrationRun:
+    """Upgrade or downgrade pubctl's schema to ``revision`` ("head", "base" or an id)."""
+    with db.connect(url) as conn:
+        before = current_revision(conn)
+    direction = _direction(before, revision)
+    run = MigrationRun(before=before, after=None)
+
+    def step(message: str) -> None:
+        run.steps.append(message)
+        if on_step is not None:
+            on_step(message)
+
+    engine = _engine(url)
+    try:
+        with engine.connect() as connection:
+            cfg = Config()
+            cfg.set_main_option(
+                "script_location", str(importlib.resources.files("pubctl.migrations"))
+            )
+            cfg.attributes.update(
+                connection=connection,
+                url=url,
+                app_schema=app_schema,
+                direction=direction,
+                on_step=step,
+            )
+            try:
+                if direction == "upgrade":
+                    command.upgrade(cfg, revision)
+                else:
+                    command.downgrade(cfg, revision)
+            except CommandError as exc:
+                raise PubctlError(str(exc)) from None
+            connection.commit()
+    except (sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise PubctlError(f"migration failed, nothing was changed: {_one_line(orig)}") from None
+    finally:
+        engine.dispose()
+    with db.connect(url) as conn:
+        run.after = current_revision(conn)
+    return run
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+# --- called from alembic/env.py, inside the migration transaction -------------------
+
+
+def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> None:
+    """Lock, bootstrap schema ``pub`` and check the application's tables.
+
+    Runs first thing in the migration transaction, so a second concurrent
+    ``pubctl migrate`` waits here and then finds the work already done.
+    """
+    raw = _driver_connection(connection)
+    raw.execute(query("migrate_lock"))
+    before = current_revision(raw)
+    if before is not None and before not in revisions():
+        raise SchemaNewerError(
+            f"the database was migrated by a newer pubctl (revision {before}); "
+            f"this pubctl only knows revisions up to {head_revision()}",
+            hint="upgrade pubctl before migrating",
+        )
+    recorded = _recorded_app_schema(raw)
+    wanted = attributes.get("app_schema")
+    if recorded is not None and wanted is not None and wanted != recorded:
+        raise PubctlError(
+            f"pubctl is installed for application schema {recorded!r}, not {wanted!r}",
+            hint="migrate to base first to move pubctl to another schema",
+        )
+    app_schema = recorded or wanted or DEFAULT_APP_SCHEMA
+    attributes["app_schema"] = app_schema
+    if attributes["direction"] == "upgrade":
+        problems = source_problems(raw, app_schema)
+        if problems:
+            raise MissingSourceError(
+                "the application's tables are not ready for pubctl, nothing was changed: "
+                + "; ".join(problems),
+                hint="create them with the application's own migrations "
+                "(or `pubctl init-sample-schema` for a demo), then migrate again",
+            )
+    raw.execute(query("create_pub_schema"))
+
+
+def _recorded_app_schema(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    row = conn.execute(query("has_settings_table")).fetchone()
+    if not row or not row[0]:
+        return None
+    settings = conn.execute(query("settings")).fetchone()
+    return str(settings[1]) if settings else None
+
+
+def _driver_connection(connection: sqlalchemy.Connection) -> psycopg.Connection[tuple[object, ...]]:
+    raw = connection.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    return raw
+
+
+def finish(connection: sqlalchemy.Connection) -> None:
+    """At base, remove the version table and schema ``pub`` too: nothing of ours stays.
+
+    The schema is dropped without CASCADE: if something pubctl did not create lives in
+    it, the whole downgrade fails and rolls back instead of destroying it.
+    """
+    raw = _driver_connection(connection)
+    if current_revision(raw) is None:
+        raw.execute(query("drop_pub_schema"))

@@ -1,0 +1,20 @@
+"""The schema the migrations build equals the schema ``sql/schema.sql`` describes."""
+
+from __future__ import annotations
+
+from pubctl import migrate
+from pubctl.queries import read_sql_file
+
+from support.catalog import snapshot
+from support.db import Database
+
+
+def test_migrated_schema_equals_schema_sql(app_db: Database, pub_db: Database) -> None:
+    with app_db.connect() as conn:
+        conn.execute(read_sql_file("schema.sql").encode())
+        from_schema_file = snapshot(conn)
+    with pub_db.connect() as conn:
+        from_migrations = snapshot(conn)
+    for catalog, rows in from_migrations.items():
+        assert rows == from_schema_file[catalog], f"{catalog} differs"
+    assert migrate.head_revision() == migrate.revisions()[-1]
