@@ -1,0 +1,39 @@
+"""Benchmark harness entry point (`make bench`).
+
+Every scenario runs on a throwaway PostgreSQL server and reports ratios measured side
+by side in one run. Scenarios register themselves in SCENARIOS as they are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from collections.abc import Callable
+
+import psycopg
+
+from pubctl.throwaway import ThrowawayPostgres
+
+SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=int, default=100_000, help="rows per scenario")
+    args = parser.parse_args()
+    settings = {"shared_buffers": "1GB", "max_connections": "50"}
+    with ThrowawayPostgres(settings) as pg:
+        with psycopg.connect(pg.url) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+        server = version[0] if version else "?"
+        print(f"machine: {os.cpu_count()} cores, {platform.machine()}, PostgreSQL {server}")
+        if not SCENARIOS:
+            print("no benchmark scenarios are defined yet")
+        for name, scenario in SCENARIOS.items():
+            for label, figure in scenario(pg.url, args.scale):
+                print(f"{name:20} {label:40} {figure}")
+
+
+if __name__ == "__main__":
+    main()
