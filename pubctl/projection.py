@@ -1,0 +1,111 @@
+"""The reference projection in Python: what each source row publishes, and its hash.
+
+The database has its own projection (the one triggers, backfill and verify use); this
+module is the independent second opinion that tests and ``pubctl verify`` hold the SQL
+against. It follows the contract's words directly and uses the ``rfc8785`` package for
+the canonical bytes, so it shares no code with the SQL it checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+
+SCHEMA_VERSION = 1
+KINDS = ("topic", "question", "explanation")
+TOMBSTONE: dict[str, Any] = {}
+# RFC 8785 numbers are IEEE doubles: integers beyond this lose precision, so the
+# payload rules refuse them rather than publish a different number.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class PayloadRuleError(ValueError):
+    """A source row that cannot be published as it is."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One published item as the source says it should be: ``payload`` None = tombstone."""
+
+    kind: str
+    source_id: int
+    payload: dict[str, Any] | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.payload is None
+
+    @property
+    def published_payload(self) -> dict[str, Any]:
+        return TOMBSTONE if self.payload is None else self.payload
+
+    @property
+    def payload_hash(self) -> str:
+        return payload_hash(self.published_payload)
+
+
+def canonical_json(payload: Mapping[str, Any]) -> bytes:
+    """The RFC 8785 (JSON Canonicalization Scheme) bytes of a payload."""
+    return bytes(rfc8785.dumps(dict(payload)))
+
+
+def payload_hash(payload: Mapping[str, Any]) -> str:
+    """Lowercase hex SHA-256 of the payload's canonical JSON bytes."""
+    return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def _safe_int(value: Any, column: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadRuleError(f"{column} must be an integer, got {value!r}")
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise PayloadRuleError(f"{column} = {value} is outside the JSON-safe range ±(2^53-1)")
+    return value
+
+
+def _choices(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise PayloadRuleError("choices must be a JSON array of strings")
+    return list(value)
+
+
+def topic_items(row: Mapping[str, Any]) -> list[Item]:
+    """The items a ``study_topic`` row publishes (one: the topic)."""
+    topic_id = _safe_int(row["id"], "study_topic.id")
+    assert topic_id is not None
+    payload = None
+    if row["deleted_at"] is None:
+        payload = {
+            "topic_id": topic_id,
+            "name": row["name"],
+            "exam_round_size": _safe_int(row["exam_round_size"], "exam_round_size"),
+        }
+    return [Item("topic", topic_id, payload)]
+
+
+def question_items(row: Mapping[str, Any]) -> list[Item]:
+    """The items a ``study_question`` row publishes: the question and its explanation."""
+    question_id = _safe_int(row["id"], "study_question.id")
+    assert question_id is not None
+    live = row["deleted_at"] is None
+    question = None
+    explanation = None
+    if live:
+        question = {
+            "question_id": question_id,
+            "topic_id": _safe_int(row["topic_id"], "topic_id"),
+            "exam_name": row["exam_name"],
+            "exam_round": _safe_int(row["exam_round"], "exam_round"),
+            "number": _safe_int(row["number"], "number"),
+            "body": row["body"],
+            "choices": _choices(row["choices"]),
+            "answer": _safe_int(row["answer"], "answer"),
+        }
+        if row["explanation_status"] == "ready":
+            explanation = {"question_id": question_id, "explanation": row["explanation"]}
+    return [Item("question", question_id, question), Item("explanation", question_id, explanation)]
