@@ -18,6 +18,14 @@ def read_sql_file(name: str) -> str:
     return importlib.resources.files("pubctl.sql").joinpath(name).read_text(encoding="utf-8")
 
 
+def schema_files() -> list[str]:
+    """The parts of the current schema (``sql/schema/*.sql``), in the order they run."""
+    folder = importlib.resources.files("pubctl.sql").joinpath("schema")
+    return sorted(
+        f"schema/{entry.name}" for entry in folder.iterdir() if entry.name.endswith(".sql")
+    )
+
+
 @functools.cache
 def all_queries() -> dict[str, str]:
     """Every named query of ``queries.sql``, by name."""

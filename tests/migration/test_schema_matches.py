@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pubctl import migrate
-from pubctl.queries import read_sql_file
+from pubctl.queries import read_sql_file, schema_files
 
 from support.catalog import snapshot
 from support.db import Database
@@ -11,7 +11,9 @@ from support.db import Database
 
 def test_migrated_schema_equals_schema_sql(app_db: Database, pub_db: Database) -> None:
     with app_db.connect() as conn:
-        conn.execute(read_sql_file("schema.sql").encode())
+        for part in schema_files():
+            with conn.transaction():
+                conn.execute(read_sql_file(part).encode())
         from_schema_file = snapshot(conn)
     with pub_db.connect() as conn:
         from_migrations = snapshot(conn)

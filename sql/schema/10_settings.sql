@@ -1,8 +1,9 @@
--- The whole current schema of pubctl, as the newest migration leaves it.
+-- Schema pub and its settings.
 --
--- This file is for reading and for the test that proves the migrations build exactly
--- this (tests/migration/test_schema_matches.py); installs always go through
--- `pubctl migrate`, whose revisions carry their own frozen copies of this SQL.
+-- sql/schema/*.sql, run in name order, is the whole current schema of pubctl as the
+-- newest migration leaves it. It is for reading and for the test that proves the
+-- migrations build exactly this (tests/migration/test_schema_matches.py); installs
+-- always go through `pubctl migrate`, whose revisions carry frozen copies of this SQL.
 
 CREATE SCHEMA pub;
 REVOKE ALL ON SCHEMA pub FROM PUBLIC;
