@@ -79,13 +79,35 @@ BEGIN
 END;
 $$;
 
+-- Liveness, each row's own (a deleted topic does not tombstone its questions).
+CREATE FUNCTION pub.topic_is_live(deleted_at timestamptz) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT deleted_at IS NULL;
+END;
+
+CREATE FUNCTION pub.question_is_live(deleted_at timestamptz) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT deleted_at IS NULL;
+END;
+
+-- The explanation is live while its question is live and explanation_status is
+-- 'ready' (a ready explanation with NULL text publishes "explanation": null).
+CREATE FUNCTION pub.explanation_is_live(deleted_at timestamptz, explanation_status text)
+    RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pub.question_is_live(deleted_at) AND explanation_status IS NOT DISTINCT FROM 'ready';
+END;
+
 CREATE FUNCTION pub.topic_canonical(
     topic_id bigint, name text, exam_round_size integer, deleted_at timestamptz
 ) RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT CASE
-        WHEN deleted_at IS NOT NULL THEN NULL
+        WHEN NOT pub.topic_is_live(deleted_at) THEN NULL
         WHEN NOT pub.is_json_safe_integer(topic_id)
             THEN pub.payload_rule_violation('topic', topic_id, 'id must be within +-(2^53-1)')
         ELSE '{"exam_round_size":' || pub.json_integer(exam_round_size)
@@ -102,7 +124,7 @@ CREATE FUNCTION pub.question_canonical(
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT CASE
-        WHEN deleted_at IS NOT NULL THEN NULL
+        WHEN NOT pub.question_is_live(deleted_at) THEN NULL
         WHEN NOT (pub.is_json_safe_integer(question_id) AND pub.is_json_safe_integer(topic_id))
             THEN pub.payload_rule_violation('question', question_id,
                                             'id and topic_id must be within +-(2^53-1)')
@@ -122,15 +144,13 @@ BEGIN ATOMIC
     END;
 END;
 
--- The explanation is live while its question is live and explanation_status is
--- 'ready' (a ready explanation with NULL text publishes "explanation": null).
 CREATE FUNCTION pub.explanation_canonical(
     question_id bigint, explanation text, explanation_status text, deleted_at timestamptz
 ) RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT CASE
-        WHEN deleted_at IS NOT NULL OR explanation_status IS DISTINCT FROM 'ready' THEN NULL
+        WHEN NOT pub.explanation_is_live(deleted_at, explanation_status) THEN NULL
         WHEN NOT pub.is_json_safe_integer(question_id)
             THEN pub.payload_rule_violation('explanation', question_id,
                                             'id must be within +-(2^53-1)')
