@@ -109,7 +109,7 @@ def migrate_cmd(ctx: click.Context, revision: str) -> None:
         on_step=lambda message: click.echo(f"  {message}"),
     )
     where = db.describe(settings.url)
-    if run.before == run.after:
+    if not run.steps:
         click.echo(f"{where} is already at revision {run.after or 'base'}; nothing to do")
     else:
         click.echo(f"migrated {where} from {run.before or 'base'} to {run.after or 'base'}")

@@ -162,6 +162,9 @@ def migrate(
         engine.dispose()
     with db.connect(url) as conn:
         run.after = current_revision(conn)
+    if not run.steps:
+        # Another run may have done the work while this one waited for the lock.
+        run.before = run.after
     return run
 
 

@@ -1,0 +1,253 @@
+-- Capture: the triggers on the application's tables that put item changes into the
+-- outbox, in the writer's own transaction.
+--
+-- Why this mix of trigger kinds (measured, see BENCHMARKS.md):
+-- * INSERT and DELETE: statement triggers with transition tables. One INSERT into
+--   the outbox per statement amortises the per-row cost of bulk imports.
+-- * UPDATE: a row trigger with a WHEN clause. Postgres evaluates WHEN without calling
+--   the function, so an UPDATE that touches no projected column (updated_at, ...)
+--   costs almost nothing; a statement trigger would have to join the old and new
+--   transition tables for every such row.
+-- * TRUNCATE fires no row triggers, so it is refused while publishing is on.
+--
+-- The functions are SECURITY DEFINER (owned by the role that ran `pubctl migrate`) so
+-- that the application's role needs no privilege on schema pub to be published and
+-- cannot write the outbox itself. They compare columns, never old payloads, to decide
+-- what changed: a row that broke the payload rules before pubctl was installed can
+-- still be fixed by an UPDATE.
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION pub.capture_topic_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pub.publishing_enabled() THEN
+        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(i.canonical))
+        FROM new_rows AS r
+        CROSS JOIN LATERAL (VALUES
+            ('topic', r.id::bigint,
+             pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at))
+        ) AS i(kind, source_id, canonical)
+        -- A row inserted already deleted was never published: nothing to tombstone.
+        WHERE i.canonical IS NOT NULL;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION pub.capture_question_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pub.publishing_enabled() THEN
+        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(i.canonical))
+        FROM new_rows AS r
+        CROSS JOIN LATERAL (VALUES
+            ('question', r.id::bigint,
+             pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
+                                    r.body, r.choices, r.answer, r.deleted_at)),
+            ('explanation', r.id::bigint,
+             pub.explanation_canonical(r.id, r.explanation, r.explanation_status, r.deleted_at))
+        ) AS i(kind, source_id, canonical)
+        WHERE i.canonical IS NOT NULL;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION pub.capture_topic_delete() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pub.publishing_enabled() THEN
+        -- Only items that were live need a tombstone; a row that stays deleted adds nothing.
+        PERFORM pub.enqueue(array_agg('topic'::text), array_agg(r.id::bigint), array_agg(NULL::text))
+        FROM old_rows AS r
+        WHERE pub.topic_is_live(r.deleted_at);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION pub.capture_question_delete() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pub.publishing_enabled() THEN
+        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(NULL::text))
+        FROM old_rows AS r
+        CROSS JOIN LATERAL (VALUES
+            ('question', r.id::bigint, pub.question_is_live(r.deleted_at)),
+            ('explanation', r.id::bigint,
+             pub.explanation_is_live(r.deleted_at, r.explanation_status))
+        ) AS i(kind, source_id, was_live)
+        WHERE i.was_live;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION pub.capture_topic_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
+    is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
+BEGIN
+    IF NOT pub.publishing_enabled() THEN
+        RETURN NULL;
+    END IF;
+    IF OLD.id IS DISTINCT FROM NEW.id THEN
+        -- A new id is a new item: the old one ends, the new one begins.
+        IF was_live THEN
+            PERFORM pub.enqueue('{topic}', ARRAY[OLD.id::bigint], '{NULL}');
+        END IF;
+        IF is_live THEN
+            PERFORM pub.enqueue('{topic}', ARRAY[NEW.id::bigint],
+                ARRAY[pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at)]);
+        END IF;
+    ELSIF was_live IS DISTINCT FROM is_live
+          OR (is_live AND (OLD.name, OLD.exam_round_size)
+                          IS DISTINCT FROM (NEW.name, NEW.exam_round_size)) THEN
+        PERFORM pub.enqueue('{topic}', ARRAY[NEW.id::bigint],
+            ARRAY[pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at)]);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION pub.capture_question_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    question_was_live constant boolean := pub.question_is_live(OLD.deleted_at);
+    question_is_live constant boolean := pub.question_is_live(NEW.deleted_at);
+    explanation_was_live constant boolean :=
+        pub.explanation_is_live(OLD.deleted_at, OLD.explanation_status);
+    explanation_is_live constant boolean :=
+        pub.explanation_is_live(NEW.deleted_at, NEW.explanation_status);
+    kinds text[] := '{}';
+    ids bigint[] := '{}';
+    canonicals text[] := '{}';
+BEGIN
+    IF NOT pub.publishing_enabled() THEN
+        RETURN NULL;
+    END IF;
+    IF OLD.id IS DISTINCT FROM NEW.id THEN
+        -- A new id is a new item: the old one ends, the new one begins.
+        IF question_was_live THEN
+            kinds := kinds || 'question'::text; ids := ids || OLD.id::bigint;
+            canonicals := canonicals || NULL::text;
+        END IF;
+        IF explanation_was_live THEN
+            kinds := kinds || 'explanation'::text; ids := ids || OLD.id::bigint;
+            canonicals := canonicals || NULL::text;
+        END IF;
+    END IF;
+    IF question_is_live IS DISTINCT FROM question_was_live
+       OR (question_is_live
+           AND (OLD.id IS DISTINCT FROM NEW.id
+                OR (OLD.topic_id, OLD.exam_name, OLD.exam_round, OLD.number, OLD.body,
+                    OLD.choices, OLD.answer)
+                   IS DISTINCT FROM (NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
+                                     NEW.body, NEW.choices, NEW.answer))) THEN
+        IF question_is_live OR OLD.id IS NOT DISTINCT FROM NEW.id THEN
+            kinds := kinds || 'question'::text; ids := ids || NEW.id::bigint;
+            canonicals := canonicals || pub.question_canonical(
+                NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
+                NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
+        END IF;
+    END IF;
+    IF explanation_is_live IS DISTINCT FROM explanation_was_live
+       OR (explanation_is_live
+           AND (OLD.id IS DISTINCT FROM NEW.id
+                OR OLD.explanation IS DISTINCT FROM NEW.explanation)) THEN
+        IF explanation_is_live OR OLD.id IS NOT DISTINCT FROM NEW.id THEN
+            kinds := kinds || 'explanation'::text; ids := ids || NEW.id::bigint;
+            canonicals := canonicals || pub.explanation_canonical(
+                NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
+        END IF;
+    END IF;
+    IF cardinality(kinds) > 0 THEN
+        PERFORM pub.enqueue(kinds, ids, canonicals);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION pub.refuse_truncate() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pub.publishing_enabled() THEN
+        RAISE EXCEPTION 'pubctl: TRUNCATE of %.% is refused while publishing is on',
+                TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'PB002',
+                  DETAIL = 'TRUNCATE fires no row triggers: the published copy would keep '
+                           'every truncated row.',
+                  HINT = 'Soft-delete the rows (set deleted_at) or DELETE them; or run '
+                         '`pubctl disable`, TRUNCATE, `pubctl enable`, `pubctl backfill all`.';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.capture_topic_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_question_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_topic_delete() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_question_delete() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_topic_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_question_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.refuse_truncate() FROM PUBLIC;
+
+-- Attach the triggers to the application's tables, in the schema recorded at install.
+-- The WHEN clauses list every projected column (and liveness, not the deleted_at
+-- timestamp itself): an UPDATE that changes none of them never calls the function.
+DO $attach$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+BEGIN
+    EXECUTE format($sql$
+        CREATE TRIGGER pub_capture_insert AFTER INSERT ON %1$I.study_topic
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_topic_insert();
+        CREATE TRIGGER pub_capture_update AFTER UPDATE ON %1$I.study_topic
+            FOR EACH ROW
+            WHEN ((OLD.id, OLD.name, OLD.exam_round_size, OLD.deleted_at IS NULL)
+                  IS DISTINCT FROM (NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at IS NULL))
+            EXECUTE FUNCTION pub.capture_topic_update();
+        CREATE TRIGGER pub_capture_delete AFTER DELETE ON %1$I.study_topic
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_topic_delete();
+        CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_topic
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
+
+        CREATE TRIGGER pub_capture_insert AFTER INSERT ON %1$I.study_question
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_question_insert();
+        CREATE TRIGGER pub_capture_update AFTER UPDATE ON %1$I.study_question
+            FOR EACH ROW
+            WHEN ((OLD.id, OLD.topic_id, OLD.exam_name, OLD.exam_round, OLD.number, OLD.body,
+                   OLD.choices, OLD.answer, OLD.explanation, OLD.explanation_status,
+                   OLD.deleted_at IS NULL)
+                  IS DISTINCT FROM
+                  (NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number, NEW.body,
+                   NEW.choices, NEW.answer, NEW.explanation, NEW.explanation_status,
+                   NEW.deleted_at IS NULL))
+            EXECUTE FUNCTION pub.capture_question_update();
+        CREATE TRIGGER pub_capture_delete AFTER DELETE ON %1$I.study_question
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_question_delete();
+        CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_question
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
+    $sql$, app);
+END;
+$attach$;
