@@ -12,17 +12,21 @@ import platform
 from collections.abc import Callable
 
 import psycopg
+import write_path
 
 from pubctl.throwaway import ThrowawayPostgres
 
-SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {}
+SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
+    "write path": write_path.run,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=int, default=100_000, help="rows per scenario")
     args = parser.parse_args()
-    settings = {"shared_buffers": "1GB", "max_connections": "50"}
+    # Durable settings, as in production: fsync and synchronous_commit stay on.
+    settings = {"shared_buffers": "1GB", "max_connections": "50", "max_wal_size": "4GB"}
     with ThrowawayPostgres(settings) as pg:
         with psycopg.connect(pg.url) as conn:
             version = conn.execute("SHOW server_version").fetchone()
@@ -30,9 +34,12 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores, {platform.machine()}, PostgreSQL {server}")
         if not SCENARIOS:
             print("no benchmark scenarios are defined yet")
-        for name, scenario in SCENARIOS.items():
-            for label, figure in scenario(pg.url, args.scale):
-                print(f"{name:20} {label:40} {figure}")
+        for number, (name, scenario) in enumerate(SCENARIOS.items()):
+            dbname = f"bench_{number}"
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {dbname}")
+            for label, figure in scenario(pg.url_for(dbname), args.scale):
+                print(f"{name:12} {label:48} {figure}", flush=True)
 
 
 if __name__ == "__main__":

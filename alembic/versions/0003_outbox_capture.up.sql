@@ -28,35 +28,56 @@ BEGIN ATOMIC
     SELECT COALESCE((SELECT s.publishing_enabled FROM pub.settings s), true);
 END;
 
--- The one place an outbox row is made from an item: payload and hash both come from
--- the same canonical text; a NULL canonical text is a tombstone ({} and deleted).
--- Arrays, so that a statement trigger enqueues all its rows in one INSERT.
+-- How an item becomes outbox columns, in one place: payload and hash both come from
+-- the same canonical text, and a NULL canonical text is a tombstone ({} and deleted).
+-- Inlinable SQL functions, so the triggers' set-based INSERTs pay no call per row.
+CREATE FUNCTION pub.outbox_payload(canonical text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT COALESCE(canonical, '{}')::jsonb;
+END;
+
+CREATE FUNCTION pub.outbox_payload_hash(canonical text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pub.payload_hash(COALESCE(canonical, '{}'));
+END;
+
+-- The payload schema version the projection functions produce.
+CREATE FUNCTION pub.schema_version() RETURNS integer
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT 1;
+END;
+
+-- Wakes `pubctl worker`. Postgres folds identical notifications of one transaction,
+-- so a transaction wakes the worker once however many statements it ran.
+CREATE FUNCTION pub.notify_outbox() RETURNS void
+    LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT pg_catalog.pg_notify('pubctl_outbox', '');
+END;
+
+-- Enqueue a few items at once (the row-level UPDATE trigger's path; statement
+-- triggers INSERT directly from their transition tables).
 CREATE FUNCTION pub.enqueue(kinds text[], source_ids bigint[], canonicals text[])
-    RETURNS bigint
+    RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    enqueued bigint;
 BEGIN
     INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-    SELECT i.kind,
-           i.source_id,
-           COALESCE(i.canonical, '{}')::jsonb,
-           pub.payload_hash(COALESCE(i.canonical, '{}')),
-           1,
-           i.canonical IS NULL
+    SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
     FROM unnest(kinds, source_ids, canonicals) AS i(kind, source_id, canonical);
-    GET DIAGNOSTICS enqueued = ROW_COUNT;
-    IF enqueued > 0 THEN
-        -- One wake-up per transaction at most: Postgres folds identical notifications.
-        PERFORM pg_notify('pubctl_outbox', '');
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
     END IF;
-    RETURN enqueued;
 END;
 $$;
 
 REVOKE ALL ON FUNCTION pub.enqueue(text[], bigint[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.notify_outbox() FROM PUBLIC;
 
 -- Capture: the triggers on the application's tables that put item changes into the
 -- outbox, in the writer's own transaction.
@@ -84,7 +105,9 @@ CREATE FUNCTION pub.capture_topic_insert() RETURNS trigger
 AS $$
 BEGIN
     IF pub.publishing_enabled() THEN
-        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(i.canonical))
+        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
+               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
         FROM new_rows AS r
         CROSS JOIN LATERAL (VALUES
             ('topic', r.id::bigint,
@@ -92,6 +115,9 @@ BEGIN
         ) AS i(kind, source_id, canonical)
         -- A row inserted already deleted was never published: nothing to tombstone.
         WHERE i.canonical IS NOT NULL;
+        IF FOUND THEN
+            PERFORM pub.notify_outbox();
+        END IF;
     END IF;
     RETURN NULL;
 END;
@@ -103,7 +129,9 @@ CREATE FUNCTION pub.capture_question_insert() RETURNS trigger
 AS $$
 BEGIN
     IF pub.publishing_enabled() THEN
-        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(i.canonical))
+        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
+               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
         FROM new_rows AS r
         CROSS JOIN LATERAL (VALUES
             ('question', r.id::bigint,
@@ -113,6 +141,9 @@ BEGIN
              pub.explanation_canonical(r.id, r.explanation, r.explanation_status, r.deleted_at))
         ) AS i(kind, source_id, canonical)
         WHERE i.canonical IS NOT NULL;
+        IF FOUND THEN
+            PERFORM pub.notify_outbox();
+        END IF;
     END IF;
     RETURN NULL;
 END;
@@ -125,9 +156,14 @@ AS $$
 BEGIN
     IF pub.publishing_enabled() THEN
         -- Only items that were live need a tombstone; a row that stays deleted adds nothing.
-        PERFORM pub.enqueue(array_agg('topic'::text), array_agg(r.id::bigint), array_agg(NULL::text))
+        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT 'topic', r.id, pub.outbox_payload(NULL),
+               pub.outbox_payload_hash(NULL), pub.schema_version(), true  -- tombstones
         FROM old_rows AS r
         WHERE pub.topic_is_live(r.deleted_at);
+        IF FOUND THEN
+            PERFORM pub.notify_outbox();
+        END IF;
     END IF;
     RETURN NULL;
 END;
@@ -139,7 +175,9 @@ CREATE FUNCTION pub.capture_question_delete() RETURNS trigger
 AS $$
 BEGIN
     IF pub.publishing_enabled() THEN
-        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(NULL::text))
+        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT i.kind, i.source_id, pub.outbox_payload(NULL),
+               pub.outbox_payload_hash(NULL), pub.schema_version(), true  -- tombstones
         FROM old_rows AS r
         CROSS JOIN LATERAL (VALUES
             ('question', r.id::bigint, pub.question_is_live(r.deleted_at)),
@@ -147,6 +185,9 @@ BEGIN
              pub.explanation_is_live(r.deleted_at, r.explanation_status))
         ) AS i(kind, source_id, was_live)
         WHERE i.was_live;
+        IF FOUND THEN
+            PERFORM pub.notify_outbox();
+        END IF;
     END IF;
     RETURN NULL;
 END;

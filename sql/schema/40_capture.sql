@@ -24,7 +24,9 @@ CREATE FUNCTION pub.capture_topic_insert() RETURNS trigger
 AS $$
 BEGIN
     IF pub.publishing_enabled() THEN
-        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(i.canonical))
+        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
+               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
         FROM new_rows AS r
         CROSS JOIN LATERAL (VALUES
             ('topic', r.id::bigint,
@@ -32,6 +34,9 @@ BEGIN
         ) AS i(kind, source_id, canonical)
         -- A row inserted already deleted was never published: nothing to tombstone.
         WHERE i.canonical IS NOT NULL;
+        IF FOUND THEN
+            PERFORM pub.notify_outbox();
+        END IF;
     END IF;
     RETURN NULL;
 END;
@@ -43,7 +48,9 @@ CREATE FUNCTION pub.capture_question_insert() RETURNS trigger
 AS $$
 BEGIN
     IF pub.publishing_enabled() THEN
-        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(i.canonical))
+        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
+               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
         FROM new_rows AS r
         CROSS JOIN LATERAL (VALUES
             ('question', r.id::bigint,
@@ -53,6 +60,9 @@ BEGIN
              pub.explanation_canonical(r.id, r.explanation, r.explanation_status, r.deleted_at))
         ) AS i(kind, source_id, canonical)
         WHERE i.canonical IS NOT NULL;
+        IF FOUND THEN
+            PERFORM pub.notify_outbox();
+        END IF;
     END IF;
     RETURN NULL;
 END;
@@ -65,9 +75,14 @@ AS $$
 BEGIN
     IF pub.publishing_enabled() THEN
         -- Only items that were live need a tombstone; a row that stays deleted adds nothing.
-        PERFORM pub.enqueue(array_agg('topic'::text), array_agg(r.id::bigint), array_agg(NULL::text))
+        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT 'topic', r.id, pub.outbox_payload(NULL),
+               pub.outbox_payload_hash(NULL), pub.schema_version(), true  -- tombstones
         FROM old_rows AS r
         WHERE pub.topic_is_live(r.deleted_at);
+        IF FOUND THEN
+            PERFORM pub.notify_outbox();
+        END IF;
     END IF;
     RETURN NULL;
 END;
@@ -79,7 +94,9 @@ CREATE FUNCTION pub.capture_question_delete() RETURNS trigger
 AS $$
 BEGIN
     IF pub.publishing_enabled() THEN
-        PERFORM pub.enqueue(array_agg(i.kind), array_agg(i.source_id), array_agg(NULL::text))
+        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT i.kind, i.source_id, pub.outbox_payload(NULL),
+               pub.outbox_payload_hash(NULL), pub.schema_version(), true  -- tombstones
         FROM old_rows AS r
         CROSS JOIN LATERAL (VALUES
             ('question', r.id::bigint, pub.question_is_live(r.deleted_at)),
@@ -87,6 +104,9 @@ BEGIN
              pub.explanation_is_live(r.deleted_at, r.explanation_status))
         ) AS i(kind, source_id, was_live)
         WHERE i.was_live;
+        IF FOUND THEN
+            PERFORM pub.notify_outbox();
+        END IF;
     END IF;
     RETURN NULL;
 END;
