@@ -18,25 +18,31 @@
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
+-- The statement triggers write one INSERT ... SELECT per kind from the transition
+-- table. Each SELECT filters on liveness and computes the canonical text in a
+-- subquery kept apart by OFFSET 0, so that the text is built once per row although
+-- both the payload and the hash use it. (One INSERT per statement through a LATERAL
+-- VALUES list of kinds measured 1.45x slower on a 100k-row insert.)
+
 CREATE FUNCTION pub.capture_topic_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF pub.publishing_enabled() THEN
-        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
-               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
-        FROM new_rows AS r
-        CROSS JOIN LATERAL (VALUES
-            ('topic', r.id::bigint,
-             pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at))
-        ) AS i(kind, source_id, canonical)
-        -- A row inserted already deleted was never published: nothing to tombstone.
-        WHERE i.canonical IS NOT NULL;
-        IF FOUND THEN
-            PERFORM pub.notify_outbox();
-        END IF;
+    IF NOT pub.publishing_enabled() THEN
+        RETURN NULL;
+    END IF;
+    -- A row inserted already deleted was never published: nothing to tombstone.
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'topic', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.topic_is_live(r.deleted_at)
+          OFFSET 0) AS i(source_id, canonical);
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
     END IF;
     RETURN NULL;
 END;
@@ -46,43 +52,54 @@ CREATE FUNCTION pub.capture_question_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    enqueued boolean;
 BEGIN
-    IF pub.publishing_enabled() THEN
-        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
-               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
-        FROM new_rows AS r
-        CROSS JOIN LATERAL (VALUES
-            ('question', r.id::bigint,
-             pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
-                                    r.body, r.choices, r.answer, r.deleted_at)),
-            ('explanation', r.id::bigint,
-             pub.explanation_canonical(r.id, r.explanation, r.explanation_status, r.deleted_at))
-        ) AS i(kind, source_id, canonical)
-        WHERE i.canonical IS NOT NULL;
-        IF FOUND THEN
-            PERFORM pub.notify_outbox();
-        END IF;
+    IF NOT pub.publishing_enabled() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'question', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
+                                        r.body, r.choices, r.answer, r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.question_is_live(r.deleted_at)
+          OFFSET 0) AS i(source_id, canonical);
+    enqueued := FOUND;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'explanation', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.explanation_canonical(r.id, r.explanation, r.explanation_status,
+                                           r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.explanation_is_live(r.deleted_at, r.explanation_status)
+          OFFSET 0) AS i(source_id, canonical);
+    IF enqueued OR FOUND THEN
+        PERFORM pub.notify_outbox();
     END IF;
     RETURN NULL;
 END;
 $$;
 
+-- Only items that were live need a tombstone: a row that stays deleted adds nothing.
 CREATE FUNCTION pub.capture_topic_delete() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF pub.publishing_enabled() THEN
-        -- Only items that were live need a tombstone; a row that stays deleted adds nothing.
-        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-        SELECT 'topic', r.id, pub.outbox_payload(NULL),
-               pub.outbox_payload_hash(NULL), pub.schema_version(), true  -- tombstones
-        FROM old_rows AS r
-        WHERE pub.topic_is_live(r.deleted_at);
-        IF FOUND THEN
-            PERFORM pub.notify_outbox();
-        END IF;
+    IF NOT pub.publishing_enabled() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'topic', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+           pub.schema_version(), true
+    FROM old_rows AS r
+    WHERE pub.topic_is_live(r.deleted_at);
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
     END IF;
     RETURN NULL;
 END;
@@ -92,21 +109,25 @@ CREATE FUNCTION pub.capture_question_delete() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    enqueued boolean;
 BEGIN
-    IF pub.publishing_enabled() THEN
-        INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-        SELECT i.kind, i.source_id, pub.outbox_payload(NULL),
-               pub.outbox_payload_hash(NULL), pub.schema_version(), true  -- tombstones
-        FROM old_rows AS r
-        CROSS JOIN LATERAL (VALUES
-            ('question', r.id::bigint, pub.question_is_live(r.deleted_at)),
-            ('explanation', r.id::bigint,
-             pub.explanation_is_live(r.deleted_at, r.explanation_status))
-        ) AS i(kind, source_id, was_live)
-        WHERE i.was_live;
-        IF FOUND THEN
-            PERFORM pub.notify_outbox();
-        END IF;
+    IF NOT pub.publishing_enabled() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'question', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+           pub.schema_version(), true
+    FROM old_rows AS r
+    WHERE pub.question_is_live(r.deleted_at);
+    enqueued := FOUND;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'explanation', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+           pub.schema_version(), true
+    FROM old_rows AS r
+    WHERE pub.explanation_is_live(r.deleted_at, r.explanation_status);
+    IF enqueued OR FOUND THEN
+        PERFORM pub.notify_outbox();
     END IF;
     RETURN NULL;
 END;
