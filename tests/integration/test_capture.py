@@ -386,3 +386,40 @@ def test_bulk_insert(conn: psycopg.Connection) -> None:
         """
     )
     assert conn.execute("SELECT count(*) FROM pub.outbox").fetchone() == (1 + 20000 + 10000,)
+
+
+def test_repeated_updates_in_one_transaction_leave_one_row_per_item(pub_db: Database) -> None:
+    with pub_db.connect(autocommit=False) as writer:
+        add_topic(writer)
+        add_question(writer)
+        writer.commit()
+        clear(writer)
+        writer.commit()
+        for n in range(50):
+            writer.execute(
+                "UPDATE study_question SET body = %s, explanation = %s", (f"b{n}", f"e{n}")
+            )
+        writer.commit()
+        rows = writer.execute("SELECT kind, payload FROM pub.outbox ORDER BY id").fetchall()
+        assert [(k, p.get("body", p.get("explanation"))) for k, p in rows] == [
+            ("question", "b49"),
+            ("explanation", "e49"),
+        ]
+
+
+def test_superseded_row_comes_back_when_a_savepoint_rolls_back(pub_db: Database) -> None:
+    with pub_db.connect(autocommit=False) as writer:
+        add_topic(writer)
+        writer.commit()
+        clear(writer)
+        writer.execute("UPDATE study_topic SET name = 'kept'")
+        try:
+            with writer.transaction():
+                writer.execute("UPDATE study_topic SET name = 'rolled back'")
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        writer.execute("UPDATE study_topic SET exam_round_size = 3")
+        writer.commit()
+        rows = writer.execute("SELECT payload FROM pub.outbox ORDER BY id").fetchall()
+        assert [p for (p,) in rows] == [{"topic_id": 1, "name": "kept", "exam_round_size": 3}]
