@@ -12,12 +12,14 @@ import platform
 from collections.abc import Callable
 
 import psycopg
+import single_row
 import write_path
 
 from pubctl.throwaway import ThrowawayPostgres
 
 SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "write path": write_path.run,
+    "single row": single_row.run,
 }
 
 
