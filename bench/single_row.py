@@ -24,16 +24,31 @@ INSERT = (
 )
 
 
+# The floor: the bare insert plus the outbox rows it would produce, precomputed, in
+# one round trip and one transaction (a multi-statement simple query).
+FLOOR_OUTBOX = (
+    "INSERT INTO bench_outbox_floor (kind, source_id, payload, payload_hash, schema_version,"
+    " deleted) SELECT kind, source_id, payload, payload_hash, schema_version, deleted"
+    " FROM bench_outbox_sample WHERE %s %% 2 = 0 OR kind = 'question'"
+)
+
+
 def _tps(url: str, table: str) -> float:
     counts = [0] * CLIENTS
     stop = time.monotonic() + SECONDS
-    sql = INSERT.format(table=table)
+    if table == "floor":
+        sql = INSERT.format(table="bench_bare") + "; " + FLOOR_OUTBOX
+    else:
+        sql = INSERT.format(table=table)
 
     def client(slot: int) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             n = 0
             while time.monotonic() < stop:
-                conn.execute(sql, (n, n))
+                if table == "floor":
+                    conn.execute(sql.replace("%s", str(n)).replace("%%", "%").encode())
+                else:
+                    conn.execute(sql, (n, n))
                 n += 1
             counts[slot] = n
 
@@ -55,17 +70,24 @@ def run(url: str, _rows: int) -> list[tuple[str, str]]:
         conn.execute(
             "ALTER TABLE bench_bare ADD FOREIGN KEY (topic_id) REFERENCES study_topic (id)"
         )
-    bare: list[float] = []
-    triggers: list[float] = []
+        conn.execute("CREATE TABLE bench_outbox_floor (LIKE pub.outbox INCLUDING ALL)")
+        # One question and its explanation, as the triggers would enqueue them.
+        conn.execute(INSERT.format(table="study_question"), (0, 0))
+        conn.execute("CREATE TABLE bench_outbox_sample AS SELECT * FROM pub.outbox")
+    tps: dict[str, list[float]] = {"bench_bare": [], "floor": [], "study_question": []}
     for _ in range(REPEATS):
-        bare.append(_tps(url, "bench_bare"))
-        triggers.append(_tps(url, "study_question"))
-    ratios = sorted(t / b for t, b in zip(triggers, bare, strict=True))
+        for table, values in tps.items():
+            values.append(_tps(url, table))
+
+    def ratio(a: str, b: str) -> str:
+        rs = sorted(x / y for x, y in zip(tps[a], tps[b], strict=True))
+        med = statistics.median(tps[a]) / statistics.median(tps[b])
+        return f"{med:.2f}x (min {rs[0]:.2f}, max {rs[-1]:.2f})"
+
+    label = f"single-row inserts, {CLIENTS} clients"
     return [
-        (f"single-row inserts, {CLIENTS} clients: bare tps", f"{statistics.median(bare):.0f}"),
-        (
-            f"single-row inserts, {CLIENTS} clients: triggers / bare tps",
-            f"{statistics.median(triggers) / statistics.median(bare):.2f}x"
-            f" (min {ratios[0]:.2f}, max {ratios[-1]:.2f})",
-        ),
+        (f"{label}: bare tps", f"{statistics.median(tps['bench_bare']):.0f}"),
+        (f"{label}: triggers / bare tps", ratio("study_question", "bench_bare")),
+        (f"{label}: floor / bare tps", ratio("floor", "bench_bare")),
+        (f"{label}: triggers / floor tps", ratio("study_question", "floor")),
     ]
