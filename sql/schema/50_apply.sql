@@ -1,0 +1,138 @@
+-- The published state and the applier that moves the outbox into it.
+--
+-- One applier at a time: apply_batch takes a transaction-level advisory lock, so
+-- revs are handed out by one transaction at a time and become visible all at once,
+-- in increasing order, when it commits. A feed reader asking for rev > cursor can
+-- therefore never see rev n+1 while rev n is still invisible: no rev is skipped
+-- because a transaction committed late. (Postgres makes a commit visible before it
+-- releases the transaction's locks, so the next applier already sees it.)
+--
+-- Per item, outbox ids follow commit order: two writes of one row are serialised by
+-- the row lock, so the later one gets the larger outbox id. Taking the newest outbox
+-- row per item therefore never goes back to an older payload.
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+CREATE TABLE pub.content (
+    kind           text NOT NULL CHECK (kind IN ('topic', 'question', 'explanation')),
+    source_id      bigint NOT NULL,
+    pub_id         uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
+    rev            bigint NOT NULL UNIQUE,
+    payload        jsonb NOT NULL,
+    payload_hash   text NOT NULL,
+    schema_version integer NOT NULL,
+    deleted        boolean NOT NULL,
+    updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (kind, source_id)
+);
+
+COMMENT ON TABLE pub.content IS
+    'The published state: one row per item, its newest payload or tombstone and the rev of its last real change. Read it through pub.feed().';
+
+-- Feeds filtered by kind walk this index instead of every rev.
+CREATE INDEX content_kind_rev_idx ON pub.content (kind, rev);
+
+-- The one counter revs come from, across all kinds. A row, not a sequence: it is
+-- transactional, so a failed batch leaves no gap, and updating it is one more
+-- guarantee that two batches never interleave.
+CREATE TABLE pub.rev_counter (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    last_rev  bigint NOT NULL DEFAULT 0
+);
+
+INSERT INTO pub.rev_counter DEFAULT VALUES;
+
+-- The churn decision lives here, in one statement: take up to max_rows outbox rows
+-- in id order, keep the newest per item, and write only items whose
+-- (payload_hash, deleted) differs from what is published. A tombstone for an item
+-- that was never published is dropped. Consumed outbox rows are deleted in the same
+-- transaction, so a crash at any point either applies a batch whole or not at all.
+CREATE FUNCTION pub.apply_batch(
+    max_rows integer,
+    OUT consumed bigint, OUT changed bigint, OUT unchanged bigint, OUT dropped bigint
+)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'pubctl: batch size must be a positive integer, got %', max_rows
+            USING ERRCODE = 'PB003',
+                  DETAIL = 'apply_batch consumes at most max_rows outbox rows per call.',
+                  HINT = 'Pass a batch size of 1 or more.';
+    END IF;
+    -- "pubctl" in ASCII, then 0002: one applier at a time.
+    PERFORM pg_advisory_xact_lock(8103491283817594882);
+
+    WITH consumed_rows AS (
+        DELETE FROM pub.outbox AS o
+        WHERE o.id IN (SELECT b.id FROM pub.outbox AS b ORDER BY b.id LIMIT max_rows)
+        RETURNING o.*
+    ), newest AS (
+        SELECT DISTINCT ON (c.kind, c.source_id)
+               c.*, count(*) OVER (PARTITION BY c.kind, c.source_id) AS outbox_rows
+        FROM consumed_rows AS c
+        ORDER BY c.kind, c.source_id, c.id DESC
+    ), judged AS (
+        SELECT n.*,
+               CASE
+                   WHEN p.kind IS NULL AND n.deleted THEN 'dropped'
+                   WHEN (p.payload_hash, p.deleted) = (n.payload_hash, n.deleted) THEN 'unchanged'
+                   ELSE 'changed'
+               END AS verdict
+        FROM newest AS n
+        LEFT JOIN pub.content AS p ON (p.kind, p.source_id) = (n.kind, n.source_id)
+    ), bump AS (
+        UPDATE pub.rev_counter AS r
+        SET last_rev = r.last_rev + (SELECT count(*) FROM judged WHERE verdict = 'changed')
+        WHERE EXISTS (SELECT FROM judged WHERE verdict = 'changed')
+        RETURNING r.last_rev - (SELECT count(*) FROM judged WHERE verdict = 'changed') AS first_rev
+    ), published AS (
+        -- Revs follow outbox order, so the feed shows changes in the order they were made.
+        INSERT INTO pub.content AS p
+            (kind, source_id, rev, payload, payload_hash, schema_version, deleted, updated_at)
+        SELECT j.kind, j.source_id,
+               (SELECT first_rev FROM bump) + row_number() OVER (ORDER BY j.id),
+               j.payload, j.payload_hash, j.schema_version, j.deleted, now()
+        FROM judged AS j
+        WHERE j.verdict = 'changed'
+        ON CONFLICT (kind, source_id) DO UPDATE
+            SET rev = EXCLUDED.rev,
+                payload = EXCLUDED.payload,
+                payload_hash = EXCLUDED.payload_hash,
+                schema_version = EXCLUDED.schema_version,
+                deleted = EXCLUDED.deleted,
+                updated_at = EXCLUDED.updated_at
+        RETURNING 1
+    )
+    SELECT COALESCE(sum(j.outbox_rows), 0),
+           count(*) FILTER (WHERE j.verdict = 'changed'),
+           count(*) FILTER (WHERE j.verdict = 'unchanged'),
+           count(*) FILTER (WHERE j.verdict = 'dropped')
+    INTO consumed, changed, unchanged, dropped
+    FROM judged AS j;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
+
+-- The feed: item changes in rev order, for viewers. SECURITY DEFINER so that a
+-- reader role needs nothing but USAGE on schema pub and EXECUTE on this function.
+CREATE FUNCTION pub.feed(after_rev bigint, max_rows integer DEFAULT 1000, kinds text[] DEFAULT NULL)
+    RETURNS TABLE (
+        rev bigint, kind text, pub_id uuid, source_id bigint, payload jsonb,
+        payload_hash text, schema_version integer, deleted boolean
+    )
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT c.rev, c.kind, c.pub_id, c.source_id, c.payload, c.payload_hash,
+           c.schema_version, c.deleted
+    FROM pub.content AS c
+    WHERE c.rev > COALESCE(feed.after_rev, 0)
+      AND (feed.kinds IS NULL OR c.kind = ANY (feed.kinds))
+    ORDER BY c.rev
+    LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0);
+END;
+
+REVOKE ALL ON FUNCTION pub.feed(bigint, integer, text[]) FROM PUBLIC;
