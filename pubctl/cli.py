@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 ``verify`` found drift, 2 bad usage or bad input,
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ import click
 import psycopg
 
 from pubctl import __version__, db, migrate, status
+from pubctl import apply as applier
+from pubctl import feed as feed_reader
+from pubctl import worker as worker_loop
 from pubctl.errors import EXIT_FAILURE, EXIT_USAGE, PubctlError
 from pubctl.queries import query, read_sql_file
 
@@ -151,6 +155,100 @@ def enable_cmd(ctx: click.Context) -> None:
 def disable_cmd(ctx: click.Context) -> None:
     """Switch publishing off: writes add nothing to the outbox until `enable`."""
     _set_publishing(ctx, False)
+
+
+KINDS = ("topic", "question", "explanation")
+
+
+@cli.command("apply")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=applier.DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Outbox rows per batch; each batch is one transaction.",
+)
+@click.pass_context
+def apply_cmd(ctx: click.Context, batch_size: int) -> None:
+    """Drain the outbox into the published state until it is empty, then exit."""
+    settings = _settings(ctx)
+    with db.connect(settings.url, autocommit=True) as conn:
+        migrate.require_current(conn, settings.url)
+        totals = applier.drain(conn, batch_size)
+    click.echo(f"applied {totals.summary()}")
+
+
+@cli.command("feed")
+@click.option(
+    "--after",
+    "after_rev",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Print changes with a rev greater than this.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Print at most this many rows (default: read to the end).",
+)
+@click.option(
+    "--kind",
+    "kinds",
+    type=click.Choice(KINDS),
+    multiple=True,
+    help="Only these kinds (repeatable).",
+)
+@click.option("--follow", is_flag=True, help="Keep tailing the feed after its end.")
+@click.pass_context
+def feed_cmd(
+    ctx: click.Context, after_rev: int, limit: int | None, kinds: tuple[str, ...], follow: bool
+) -> None:
+    """Print the feed as JSON lines, in rev order."""
+    settings = _settings(ctx)
+    stop = worker_loop.StopFlag()
+    if follow:
+        stop.install()
+    with db.connect(settings.url, autocommit=True) as conn:
+        migrate.require_current(conn, settings.url)
+        for line in feed_reader.read(
+            conn, after_rev, limit, kinds or None, follow=follow, should_stop=stop
+        ):
+            click.echo(line)
+
+
+@cli.command("worker")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=applier.DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Outbox rows per batch.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.05),
+    default=5.0,
+    show_default=True,
+    envvar="PUBCTL_POLL_INTERVAL",
+    show_envvar=True,
+    help="Seconds between polls when no notification arrives.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log one line per batch.")
+@click.pass_context
+def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbose: bool) -> None:
+    """Keep applying, woken by LISTEN/NOTIFY; stops cleanly on SIGTERM or SIGINT."""
+    settings = _settings(ctx)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s pubctl worker: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("psycopg").setLevel(logging.WARNING)
+    stop = worker_loop.StopFlag()
+    stop.install()
+    worker_loop.run(settings.url, batch_size=batch_size, poll_interval=poll_interval, stop=stop)
 
 
 @cli.command("init-sample-schema")

@@ -28,6 +28,10 @@ class BadDatabaseUrl(PubctlError):
     """The database URL cannot be parsed."""
 
 
+class ConnectError(PubctlError):
+    """The database cannot be reached (or refuses the login)."""
+
+
 def _passwords(url: str) -> list[str]:
     found: list[str] = []
     for pattern in (_URI_PASSWORD, _KV_PASSWORD):
@@ -99,7 +103,7 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[o
     except psycopg.OperationalError as exc:
         detail = " ".join(str(exc).split())
         detail = detail.removeprefix("connection failed: ")
-        raise PubctlError(
+        raise ConnectError(
             f"cannot connect to {describe(url)}: {mask(detail, url)}",
             hint="check --database-url, PUBCTL_DATABASE_URL, DATABASE_URL or the PG* variables",
         ) from None

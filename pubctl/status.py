@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg.rows import dict_row
+
 from pubctl import __version__, db, migrate
 from pubctl.queries import query
+
+EXPECTED_TRIGGERS = (
+    "pub_capture_delete",
+    "pub_capture_insert",
+    "pub_capture_update",
+    "pub_refuse_truncate",
+)
+SOURCE_TABLES = ("study_question", "study_topic")
 
 
 def collect(url: str) -> dict[str, Any]:
@@ -15,6 +25,20 @@ def collect(url: str) -> dict[str, Any]:
         settings = conn.execute(query("settings")).fetchone()
         assert settings is not None
         publishing, app_schema, changed_at = settings
+        triggers = conn.execute(query("status_triggers"), {"schema": app_schema}).fetchall()
+        with conn.cursor(row_factory=dict_row) as cur:
+            numbers = cur.execute(query("status_publishing")).fetchone()
+        assert numbers is not None
+    found = {(str(t), str(g)): bool(e) for t, g, e in triggers}
+    capture = {
+        f"{table}.{trigger}": ("enabled" if found[(table, trigger)] else "disabled")
+        if (table, trigger) in found
+        else "missing"
+        for table in SOURCE_TABLES
+        for trigger in EXPECTED_TRIGGERS
+    }
+    oldest = numbers["oldest_backlog_age_s"]
+    last_apply = numbers["last_apply_age_s"]
     return {
         "database": db.describe(url),
         "pubctl_version": __version__,
@@ -23,18 +47,46 @@ def collect(url: str) -> dict[str, Any]:
         "app_schema": app_schema,
         "publishing_enabled": bool(publishing),
         "publishing_changed_at": changed_at,
+        "triggers": capture,
+        "capture_ok": all(state == "enabled" for state in capture.values()),
+        "outbox_backlog": int(numbers["backlog"]),
+        "outbox_oldest_age_s": round(float(oldest), 3) if oldest is not None else None,
+        "last_rev": int(numbers["last_rev"]),
+        "last_apply_age_s": round(float(last_apply), 3) if last_apply is not None else None,
+        "items": numbers["items"] or {},
+        "workers_running": int(numbers["workers"]),
+        "applier_busy": bool(numbers["applying"]),
     }
 
 
 def render(report: dict[str, Any]) -> str:
-    """The human form of the report: one ``key: value`` line per field."""
+    """The human form of the report."""
     revision = report["revision"]
     head = report["head_revision"]
+    bad = [name for name, state in report["triggers"].items() if state != "enabled"]
+    oldest = report["outbox_oldest_age_s"]
+    items = report["items"]
+    item_text = ", ".join(
+        f"{kind} {counts['live']} live / {counts['tombstones']} tombstones"
+        for kind, counts in sorted(items.items())
+    )
     lines = [
         f"database:        {report['database']}",
         f"revision:        {revision}" + (" (head)" if revision == head else f" (head is {head})"),
         f"app schema:      {report['app_schema']}",
         f"publishing:      {'on' if report['publishing_enabled'] else 'off'}"
         f" (since {report['publishing_changed_at']})",
+        "capture:         "
+        + (
+            "all 8 triggers enabled"
+            if not bad
+            else "NOT CAPTURING: " + ", ".join(f"{name} {report['triggers'][name]}" for name in bad)
+        ),
+        f"outbox backlog:  {report['outbox_backlog']} rows"
+        + (f", oldest {oldest:.1f}s old" if oldest is not None else ""),
+        f"last rev:        {report['last_rev']}",
+        f"items:           {item_text or 'none published yet'}",
+        f"workers:         {report['workers_running']} running"
+        + (", applying now" if report["applier_busy"] else ""),
     ]
     return "\n".join(lines)

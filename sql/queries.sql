@@ -52,3 +52,58 @@ CREATE SCHEMA IF NOT EXISTS pub;
 -- At base: without CASCADE, so objects pubctl did not create make the downgrade fail.
 DROP TABLE IF EXISTS pub.alembic_version;
 DROP SCHEMA IF EXISTS pub;
+
+-- name: apply_batch
+SELECT consumed, changed, unchanged, dropped
+FROM pub.apply_batch(%(batch_size)s);
+
+-- name: feed_page
+-- The feed with the payload as stored text, so numbers are printed exactly.
+SELECT rev, kind, pub_id::text, source_id, payload::text, payload_hash, schema_version, deleted
+FROM pub.feed(%(after_rev)s, %(max_rows)s, %(kinds)s);
+
+-- name: worker_presence_lock
+-- Held (session level) by every running `pubctl worker`, so that status can tell.
+-- The key is "pubctl" in ASCII followed by 0003.
+SELECT pg_catalog.pg_try_advisory_lock(8103491283817594883);
+
+-- name: listen_outbox
+LISTEN pubctl_outbox;
+
+-- name: status_publishing
+-- Backlog, revs, items and capture in one round trip.
+SELECT
+    (SELECT count(*) FROM pub.outbox) AS backlog,
+    (SELECT EXTRACT(EPOCH FROM pg_catalog.now() - min(created_at)) FROM pub.outbox)
+        AS oldest_backlog_age_s,
+    (SELECT last_rev FROM pub.rev_counter) AS last_rev,
+    (SELECT EXTRACT(EPOCH FROM pg_catalog.now() - max(updated_at)) FROM pub.content)
+        AS last_apply_age_s,
+    (SELECT pg_catalog.jsonb_object_agg(kind, jsonb_build_object('live', live, 'tombstones', tombstones))
+     FROM (SELECT kind, count(*) FILTER (WHERE NOT deleted) AS live,
+                  count(*) FILTER (WHERE deleted) AS tombstones
+           FROM pub.content GROUP BY kind) k) AS items,
+    (SELECT count(*) FROM pg_catalog.pg_locks
+     WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_catalog.pg_database
+                                                 WHERE datname = pg_catalog.current_database())
+       AND classid = (8103491283817594883 >> 32)::oid
+       AND objid = (8103491283817594883 & 4294967295)::oid
+       AND objsubid = 1 AND granted) AS workers,
+    (SELECT count(*) FROM pg_catalog.pg_locks
+     WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_catalog.pg_database
+                                                 WHERE datname = pg_catalog.current_database())
+       AND classid = (8103491283817594882 >> 32)::oid
+       AND objid = (8103491283817594882 & 4294967295)::oid
+       AND objsubid = 1 AND granted) AS applying;
+
+-- name: status_triggers
+-- pubctl's triggers on the application's tables and whether each fires.
+SELECT c.relname::text AS table_name, t.tgname::text AS trigger_name,
+       t.tgenabled <> 'D' AS enabled
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s
+  AND c.relname IN ('study_topic', 'study_question')
+  AND t.tgname LIKE 'pub\_%%'
+ORDER BY 1, 2;

@@ -1,0 +1,79 @@
+"""Draining the outbox into ``pub.content``: the loop around ``pub.apply_batch``.
+
+The churn decision and the rev assignment are in SQL (``sql/schema/50_apply.sql``);
+this module only calls one batch after another, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from pubctl.queries import query
+
+DEFAULT_BATCH_SIZE = 1000
+
+
+@dataclass
+class BatchResult:
+    """What one ``pub.apply_batch`` call did."""
+
+    consumed: int
+    changed: int
+    unchanged: int
+    dropped: int
+
+
+@dataclass
+class ApplyTotals:
+    """What a whole drain did."""
+
+    batches: int = 0
+    consumed: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    dropped: int = 0
+    results: list[BatchResult] = field(default_factory=list, repr=False)
+
+    def add(self, result: BatchResult) -> None:
+        self.batches += 1
+        self.consumed += result.consumed
+        self.changed += result.changed
+        self.unchanged += result.unchanged
+        self.dropped += result.dropped
+
+    def summary(self) -> str:
+        """One line for humans."""
+        return (
+            f"{self.batches} batches, {self.consumed} outbox rows consumed: "
+            f"{self.changed} items changed, {self.unchanged} unchanged, {self.dropped} dropped"
+        )
+
+
+def apply_batch(conn: psycopg.Connection[tuple[object, ...]], batch_size: int) -> BatchResult:
+    """Apply one batch in its own transaction (``conn`` must be in autocommit mode)."""
+    row = conn.execute(query("apply_batch"), {"batch_size": batch_size}).fetchone()
+    assert row is not None
+    consumed, changed, unchanged, dropped = (int(str(v)) for v in row)
+    return BatchResult(consumed, changed, unchanged, dropped)
+
+
+def drain(
+    conn: psycopg.Connection[tuple[object, ...]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[BatchResult], None] | None = None,
+) -> ApplyTotals:
+    """Apply batches until the outbox has nothing committed left (or ``should_stop``)."""
+    totals = ApplyTotals()
+    while not should_stop():
+        result = apply_batch(conn, batch_size)
+        if result.consumed == 0:
+            break
+        totals.add(result)
+        if on_batch is not None:
+            on_batch(result)
+    return totals
