@@ -233,3 +233,40 @@ def _backlog(db: Database) -> int:
     with db.connect() as conn:
         row = conn.execute("SELECT count(*) FROM pub.outbox").fetchone()
         return int(row[0]) if row else 0
+
+
+def test_feed_follow_tails_new_changes(pub_db: Database) -> None:
+    seed(pub_db, 1)
+    run_subprocess("--database-url", pub_db.url, "apply")
+    follower = subprocess.Popen(
+        [pubctl_executable(), "--database-url", pub_db.url, "feed", "--follow", "--after", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        with pub_db.connect() as conn:
+            conn.execute("UPDATE study_topic SET name = 'followed'")
+        run_subprocess("--database-url", pub_db.url, "apply")
+        assert follower.stdout is not None
+        lines = [json.loads(follower.stdout.readline()) for _ in range(2)]
+        assert [line["rev"] for line in lines] == [2, 3]
+        assert lines[1]["payload"]["name"] == "followed"
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        _out, err = follower.communicate(timeout=10)
+    assert follower.returncode == 0, err
+
+
+def test_outbox_does_not_bloat(pub_db: Database) -> None:
+    seed(pub_db, 30000)
+    with pub_db.connect() as conn:
+        filled = conn.execute("SELECT pg_total_relation_size('pub.outbox')").fetchone()
+        while conn.execute("SELECT consumed FROM pub.apply_batch(5000)").fetchone() != (0,):
+            pass
+        conn.execute("VACUUM pub.outbox")
+        emptied = conn.execute("SELECT pg_total_relation_size('pub.outbox')").fetchone()
+    assert filled is not None and emptied is not None
+    assert filled[0] > 10_000_000
+    assert emptied[0] < filled[0] / 10, (filled, emptied)
