@@ -11,6 +11,7 @@ import os
 import platform
 from collections.abc import Callable
 
+import apply_feed
 import psycopg
 import single_row
 import write_path
@@ -20,6 +21,7 @@ from pubctl.throwaway import ThrowawayPostgres
 SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "write path": write_path.run,
     "single row": single_row.run,
+    "apply/feed": apply_feed.run,
 }
 
 
