@@ -185,3 +185,52 @@ def test_late_commit_is_not_skipped_by_a_reader(pub_db: Database, conn: psycopg.
     late = feed(conn, cursor)
     assert [(k, s) for _r, k, s, _d, _p in late] == [("topic", 1)]
     assert late[0][0] == cursor + 1
+
+
+def test_without_one_applier_at_a_time_a_reader_would_skip_revs(
+    pub_db: Database, conn: psycopg.Connection
+) -> None:
+    """Why the applier lock (and the transactional rev counter) exist.
+
+    An applier variant with both safeguards removed (no advisory lock, revs from a
+    sequence, rows claimed with SKIP LOCKED) lets a second applier commit higher revs
+    while the first is still open: a reader then moves its cursor past revs that
+    appear later. The real pub.apply_batch makes the second applier wait instead
+    (test_second_applier_waits_for_the_first)."""
+    (definition,) = conn.execute(
+        "SELECT pg_get_functiondef('pub.apply_batch(integer)'::regprocedure)"
+    ).fetchone()
+    unsafe = (
+        definition.replace("pub.apply_batch(", "pub.apply_batch_unsafe(")
+        .replace("PERFORM pg_advisory_xact_lock(8103491283817594882);", "")
+        .replace(
+            "ORDER BY b.id LIMIT max_rows)", "ORDER BY b.id LIMIT max_rows FOR UPDATE SKIP LOCKED)"
+        )
+        .replace(
+            "UPDATE pub.rev_counter AS r\n        SET last_rev = r.last_rev + (SELECT count(*) FROM judged WHERE verdict = 'changed')",
+            "SELECT nextval('public.unsafe_rev') - 1 AS first_rev FROM pg_catalog.generate_series(1, 1)",
+        )
+    )
+    assert (
+        unsafe.count("apply_batch_unsafe") == 1
+        and "advisory" not in unsafe
+        and "SKIP LOCKED" in unsafe
+    )
+    unsafe = unsafe.replace(
+        "        WHERE EXISTS (SELECT FROM judged WHERE verdict = 'changed')\n"
+        "        RETURNING r.last_rev - (SELECT count(*) FROM judged WHERE verdict = 'changed') AS first_rev",
+        "",
+    )
+    conn.execute("CREATE SEQUENCE unsafe_rev")
+    conn.execute(unsafe)
+    apply(conn)  # publish the topic with the real applier: rev 1
+    conn.execute("SELECT setval('unsafe_rev', 10)")
+    for qid in (20, 21):
+        add_question(conn, qid, "draft")
+    with pub_db.connect(autocommit=False) as first:
+        first.execute("SELECT * FROM pub.apply_batch_unsafe(1)")  # question 20, rev 11, open
+        conn.execute("SELECT * FROM pub.apply_batch_unsafe(1)")  # question 21, rev 12, committed
+        cursor = max(row[0] for row in feed(conn))
+        first.commit()
+    later = [row[0] for row in feed(conn, cursor)]
+    assert cursor == 12 and later == [], "rev 11 committed after the reader passed it: skipped"
