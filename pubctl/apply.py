@@ -47,7 +47,8 @@ class ApplyTotals:
     def summary(self) -> str:
         """One line for humans."""
         return (
-            f"{self.batches} batches, {self.consumed} outbox rows consumed: "
+            f"{self.batches} batch{'' if self.batches == 1 else 'es'}, "
+            f"{self.consumed} outbox rows consumed: "
             f"{self.changed} items changed, {self.unchanged} unchanged, {self.dropped} dropped"
         )
 

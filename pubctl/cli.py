@@ -16,8 +16,9 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from pubctl import __version__, db, migrate, status
+from pubctl import __version__, db, migrate, progress, status
 from pubctl import apply as applier
+from pubctl import backfill as backfiller
 from pubctl import feed as feed_reader
 from pubctl import worker as worker_loop
 from pubctl.errors import EXIT_FAILURE, EXIT_USAGE, PubctlError
@@ -249,6 +250,98 @@ def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbos
     stop = worker_loop.StopFlag()
     stop.install()
     worker_loop.run(settings.url, batch_size=batch_size, poll_interval=poll_interval, stop=stop)
+
+
+@cli.command("backfill")
+@click.argument("target", type=click.Choice(["topics", "questions", "all"]))
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=backfiller.DEFAULT_PAGE_SIZE,
+    show_default=True,
+    help="Source rows per page; each page is one transaction.",
+)
+@click.option(
+    "--after-id",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Start after this source id (default: from the beginning).",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many source rows in total (continue with --resume).",
+)
+@click.option(
+    "--max-backlog",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pause while the outbox holds more than this many rows.",
+)
+@click.option("--resume", is_flag=True, help="Continue the last interrupted or stopped run.")
+@click.option("--dry-run", is_flag=True, help="Count what would be enqueued; write nothing.")
+@click.option(
+    "--include-deleted",
+    is_flag=True,
+    help="Also enqueue tombstones for deleted rows (after losing the published state).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def backfill_cmd(
+    ctx: click.Context,
+    target: str,
+    batch_size: int,
+    after_id: int | None,
+    max_rows: int | None,
+    max_backlog: int | None,
+    resume: bool,
+    dry_run: bool,
+    include_deleted: bool,
+    as_json: bool,
+) -> None:
+    """Enqueue every existing row's current payload, in bounded, resumable pages."""
+    if resume and after_id is not None:
+        raise click.UsageError("--resume continues where the last run stopped; drop --after-id")
+    settings = _settings(ctx)
+    options = backfiller.Options(
+        page_size=batch_size,
+        after_id=after_id or 0,
+        max_rows=max_rows,
+        max_backlog=max_backlog,
+        resume=resume,
+        dry_run=dry_run,
+        include_deleted=include_deleted,
+    )
+    targets = ["topics", "questions"] if target == "all" else [target]
+    reporter = progress.BackfillReporter(live=None if not as_json else False)
+    with db.connect(settings.url, autocommit=True) as conn:
+        migrate.require_current(conn, settings.url)
+        try:
+            results = backfiller.Backfill(conn, options, on_progress=reporter).run(targets)
+        finally:
+            reporter.close()
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+        return
+    for r in results:
+        click.echo(_backfill_summary(r, target))
+
+
+def _backfill_summary(r: backfiller.SourceResult, target: str) -> str:
+    if r.state == "nothing to resume":
+        return f"{r.source}: nothing to resume (the last run finished, or none was started)"
+    done = f"{r.rows} rows read, {r.enqueued} outbox rows"
+    if r.state == "dry run":
+        return f"{r.source}: dry run, {done} would be enqueued; nothing was written"
+    pages = f"{r.pages} page" + ("" if r.pages == 1 else "s")
+    line = f"{r.source}: {r.state}, {done} enqueued in {pages} ({r.seconds:.1f}s)"
+    if r.state == "stopped":
+        line += (
+            f"; stopped at id {r.last_id} (--max-rows); continue with "
+            f"`pubctl backfill {target} --resume`"
+        )
+    return line
 
 
 @cli.command("init-sample-schema")

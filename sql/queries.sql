@@ -107,3 +107,44 @@ WHERE n.nspname = %(schema)s
   AND c.relname IN ('study_topic', 'study_question')
   AND t.tgname LIKE 'pub\_%%'
 ORDER BY 1, 2;
+
+-- name: backfill_lock
+-- One backfill per source table at a time (session level, released on disconnect).
+-- Keys: "pubctl" in ASCII followed by 0004 (topics) or 0005 (questions).
+SELECT pg_catalog.pg_try_advisory_lock(
+    CASE %(source)s WHEN 'study_topic' THEN 8103491283817594884 ELSE 8103491283817594885 END);
+
+-- name: backfill_run
+SELECT after_id, last_id, rows_done, enqueued, state
+FROM pub.backfill_runs
+WHERE source = %(source)s;
+
+-- name: backfill_start
+INSERT INTO pub.backfill_runs AS r (source, after_id, last_id, state)
+VALUES (%(source)s, %(after_id)s, %(after_id)s, 'running')
+ON CONFLICT (source) DO UPDATE
+SET after_id = EXCLUDED.after_id, last_id = EXCLUDED.last_id, rows_done = 0, enqueued = 0,
+    state = 'running', started_at = pg_catalog.now(), updated_at = pg_catalog.now();
+
+-- name: backfill_resume
+UPDATE pub.backfill_runs SET state = 'running', updated_at = pg_catalog.now()
+WHERE source = %(source)s;
+
+-- name: backfill_set_state
+UPDATE pub.backfill_runs SET state = %(state)s, updated_at = pg_catalog.now()
+WHERE source = %(source)s;
+
+-- name: backfill_page
+SELECT rows_read, last_id, enqueued
+FROM pub.backfill_page(%(source)s, %(after_id)s, %(page_size)s, %(include_deleted)s, %(dry_run)s);
+
+-- name: backfill_estimate
+-- Rows left to read, estimated from the planner's statistics (exact counts cost a scan).
+SELECT GREATEST(c.reltuples, 0)::bigint
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = %(source)s;
+
+-- name: outbox_backlog_at_least
+-- Whether the outbox holds more than %(limit)s rows, without counting all of them.
+SELECT count(*) > %(limit)s FROM (SELECT 1 FROM pub.outbox LIMIT %(limit)s + 1) s;

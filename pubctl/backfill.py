@@ -1,0 +1,203 @@
+"""``pubctl backfill``: page through the source tables and enqueue every item.
+
+Each page is one call of ``pub.backfill_page`` (``sql/schema/60_backfill.sql``), one
+short transaction that also commits the progress; this module only drives the pages,
+enforces the guards (``--max-rows``, ``--max-backlog``) and reports progress.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from pubctl.errors import PubctlError
+from pubctl.queries import query
+
+SOURCES = {"topics": "study_topic", "questions": "study_question"}
+# Pages of 5,000 rows measured within a few percent of one INSERT ... SELECT while
+# keeping each page's row locks to a fraction of a second (see BENCHMARKS.md).
+DEFAULT_PAGE_SIZE = 5000
+BACKLOG_POLL_S = 1.0
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@dataclass
+class Options:
+    """What the user asked for."""
+
+    page_size: int = DEFAULT_PAGE_SIZE
+    after_id: int = 0
+    max_rows: int | None = None
+    max_backlog: int | None = None
+    resume: bool = False
+    dry_run: bool = False
+    include_deleted: bool = False
+
+
+@dataclass
+class SourceResult:
+    """What the backfill of one source table did."""
+
+    source: str
+    state: str  # finished | stopped | nothing to resume | dry run
+    rows: int = 0
+    enqueued: int = 0
+    pages: int = 0
+    last_id: int = 0
+    started_after_id: int = 0
+    seconds: float = 0.0
+    waited_for_backlog_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    """Reported after each page."""
+
+    source: str
+    rows: int
+    enqueued: int
+    pages: int
+    estimate: int
+    elapsed: float
+    waiting: bool = False
+
+
+@dataclass
+class _Budget:
+    """--max-rows, shared by all sources of one run."""
+
+    left: int | None
+
+    def page(self, page_size: int) -> int:
+        return page_size if self.left is None else min(page_size, self.left)
+
+    def spend(self, rows: int) -> None:
+        if self.left is not None:
+            self.left -= rows
+
+
+@dataclass
+class Backfill:
+    """One ``pubctl backfill`` invocation over one or more sources."""
+
+    conn: Conn
+    options: Options
+    on_progress: Callable[[Progress], None] = lambda _p: None
+    budget: _Budget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = _Budget(self.options.max_rows)
+
+    def run(self, targets: list[str]) -> list[SourceResult]:
+        """Backfill each target in turn ("topics", "questions")."""
+        settings = self.conn.execute(query("settings")).fetchone()
+        assert settings is not None
+        if not settings[0] and not self.options.dry_run:
+            raise PubctlError(
+                "publishing is off: a backfill now would be stale as soon as the next write",
+                hint="run `pubctl enable` first, then backfill",
+            )
+        self._app_schema = str(settings[1])
+        return [self._one(SOURCES[target]) for target in targets]
+
+    def _one(self, source: str) -> SourceResult:
+        row = self.conn.execute(query("backfill_lock"), {"source": source}).fetchone()
+        if not row or not row[0]:
+            raise PubctlError(
+                f"another backfill of {source} is running on this database",
+                hint="wait for it to finish, or stop it and use --resume",
+            )
+        opts = self.options
+        after_id = opts.after_id
+        result = SourceResult(source=source, state="running", started_after_id=after_id)
+        if opts.resume:
+            run = self.conn.execute(query("backfill_run"), {"source": source}).fetchone()
+            if run is None or run[4] == "finished":
+                result.state = "nothing to resume"
+                return result
+            after_id = int(run[1])
+            result.started_after_id = after_id
+            self.conn.execute(query("backfill_resume"), {"source": source})
+        elif not opts.dry_run:
+            self.conn.execute(query("backfill_start"), {"source": source, "after_id": after_id})
+        estimate_row = self.conn.execute(
+            query("backfill_estimate"), {"schema": self._app_schema, "source": source}
+        ).fetchone()
+        estimate = int(estimate_row[0]) if estimate_row else 0
+        started = time.monotonic()
+        result.last_id = after_id
+        try:
+            result.state = self._pages(source, result, estimate, started)
+        except BaseException:
+            if not opts.dry_run:
+                self._set_state(source, "stopped")
+            raise
+        result.seconds = round(time.monotonic() - started, 3)
+        if not opts.dry_run:
+            self._set_state(source, result.state)
+        else:
+            result.state = "dry run"
+        return result
+
+    def _pages(self, source: str, result: SourceResult, estimate: int, started: float) -> str:
+        opts = self.options
+        while True:
+            page_size = self.budget.page(opts.page_size)
+            if page_size <= 0:
+                return "stopped"
+            result.waited_for_backlog_s += self._wait_for_backlog(source, result, estimate, started)
+            row = self.conn.execute(
+                query("backfill_page"),
+                {
+                    "source": source,
+                    "after_id": result.last_id,
+                    "page_size": page_size,
+                    "include_deleted": opts.include_deleted,
+                    "dry_run": opts.dry_run,
+                },
+            ).fetchone()
+            assert row is not None
+            rows_read, last_id, enqueued = int(row[0]), row[1], int(row[2])
+            self.budget.spend(rows_read)
+            result.rows += rows_read
+            result.enqueued += enqueued
+            result.pages += 1
+            if last_id is not None:
+                result.last_id = int(last_id)
+            self.on_progress(
+                Progress(source, result.rows, result.enqueued, result.pages, estimate,
+                         time.monotonic() - started)
+            )  # fmt: skip
+            if rows_read < page_size:
+                return "finished"
+
+    def _wait_for_backlog(
+        self, source: str, result: SourceResult, estimate: int, started: float
+    ) -> float:
+        limit = self.options.max_backlog
+        if limit is None:
+            return 0.0
+        waited = 0.0
+        while True:
+            row = self.conn.execute(query("outbox_backlog_at_least"), {"limit": limit}).fetchone()
+            if not row or not row[0]:
+                return waited
+            self.on_progress(
+                Progress(source, result.rows, result.enqueued, result.pages, estimate,
+                         time.monotonic() - started, waiting=True)
+            )  # fmt: skip
+            time.sleep(BACKLOG_POLL_S)
+            waited += BACKLOG_POLL_S
+
+    def _set_state(self, source: str, state: str) -> None:
+        if self.conn.closed:
+            return
+        self.conn.execute(query("backfill_set_state"), {"source": source, "state": state})
