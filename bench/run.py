@@ -12,6 +12,7 @@ import platform
 from collections.abc import Callable
 
 import apply_feed
+import backfill_bench
 import psycopg
 import single_row
 import write_path
@@ -22,6 +23,7 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "write path": write_path.run,
     "single row": single_row.run,
     "apply/feed": apply_feed.run,
+    "backfill": backfill_bench.run,
 }
 
 
