@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The suite, then the whole flow through the real CLI ending with `pubctl verify`.
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/python tests/e2e_verify.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,8 +20,9 @@ from pubctl import __version__, db, migrate, progress, status
 from pubctl import apply as applier
 from pubctl import backfill as backfiller
 from pubctl import feed as feed_reader
+from pubctl import verify as verifier
 from pubctl import worker as worker_loop
-from pubctl.errors import EXIT_FAILURE, EXIT_USAGE, PubctlError
+from pubctl.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_USAGE, PubctlError
 from pubctl.queries import query, read_sql_file
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -342,6 +343,56 @@ def _backfill_summary(r: backfiller.SourceResult, target: str) -> str:
             f"`pubctl backfill {target} --resume`"
         )
     return line
+
+
+@cli.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--kind",
+    "kinds",
+    type=click.Choice(KINDS),
+    multiple=True,
+    help="Only these kinds (repeatable; default all).",
+)
+@click.option(
+    "--limit-report",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Examples shown per category.",
+)
+@click.option(
+    "--fail-on",
+    "fail_on",
+    type=click.Choice(["pending"]),
+    multiple=True,
+    help="Also fail (exit 1) on this category, which is not drift by default.",
+)
+@click.option("--wait", is_flag=True, help="Drain the outbox first, so nothing is pending.")
+@click.pass_context
+def verify_cmd(
+    ctx: click.Context,
+    as_json: bool,
+    kinds: tuple[str, ...],
+    limit_report: int,
+    fail_on: tuple[str, ...],
+    wait: bool,
+) -> None:
+    """Compare the source, the published state and the Python reference; exit 1 on drift."""
+    settings = _settings(ctx)
+    with db.connect(settings.url, autocommit=True) as conn:
+        migrate.require_current(conn, settings.url)
+        if wait:
+            applier.drain(conn)
+        report = verifier.verify(
+            conn, kinds or None, limit_report=limit_report, fail_on_pending="pending" in fail_on
+        )
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(verifier.render(report))
+    if not report.clean:
+        sys.exit(EXIT_DRIFT)
 
 
 @cli.command("init-sample-schema")

@@ -148,3 +148,37 @@ WHERE n.nspname = %(schema)s AND c.relname = %(source)s;
 -- name: outbox_backlog_at_least
 -- Whether the outbox holds more than %(limit)s rows, without counting all of them.
 SELECT count(*) > %(limit)s FROM (SELECT 1 FROM pub.outbox LIMIT %(limit)s + 1) s;
+
+-- name: verify_page_bound
+SELECT rows_in_page, last_id FROM pub.source_page_bound(%(source)s, %(after_id)s, %(page_size)s);
+
+-- name: verify_range
+SELECT kind, source_id, category, pending, detail
+FROM pub.verify_range(%(source)s, %(lo)s, %(hi)s);
+
+-- name: verify_source_projection
+-- Canonical texts come back as text inside jsonb strings, compared byte for byte.
+SELECT source_id, row_data::text, canonicals::text
+FROM pub.source_projection(%(source)s, %(lo)s, %(hi)s);
+
+-- name: verify_content_page
+-- Published items in (kind, source_id) order, payload as stored text (exact numbers).
+SELECT kind, source_id, payload::text, payload_hash
+FROM pub.content
+WHERE (kind, source_id) > (%(kind)s, %(source_id)s) AND kind = ANY (%(kinds)s)
+ORDER BY kind, source_id
+LIMIT %(page_size)s;
+
+-- name: verify_replication_role
+-- The session_replication_role a new session of this database gets, and any
+-- database-level override of it ('replica' makes every trigger of ours silent).
+SELECT pg_catalog.current_setting('session_replication_role'),
+       (SELECT pg_catalog.array_to_string(d.setconfig, ', ')
+        FROM pg_catalog.pg_db_role_setting d
+        WHERE d.setdatabase = (SELECT oid FROM pg_catalog.pg_database
+                               WHERE datname = pg_catalog.current_database())
+          AND d.setrole = 0
+          AND pg_catalog.array_to_string(d.setconfig, ',') LIKE '%%session_replication_role%%');
+
+-- name: verify_pending
+SELECT count(*) FROM pub.outbox WHERE kind = ANY (%(kinds)s);

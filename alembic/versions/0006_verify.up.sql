@@ -1,0 +1,163 @@
+-- Revision 0006 (frozen): verify, set-based by id range.
+
+-- Verify: what is published against what the source says, set-based, by id range.
+--
+-- For one source table and one range of ids (lo, hi] (hi NULL: no upper bound) it
+-- projects the source rows with the same functions the triggers use, joins them with
+-- pub.content over the same range, and returns one row per item that differs:
+--   missing   the source has a live item, nothing live is published
+--   orphaned  something live is published, the source row is deleted, not ready or gone
+--   stale     both live, but the published payload or hash is not the source's
+--   old_schema published under an older schema_version than the projection's
+-- with pending = true when an outbox row for the item is still waiting to be applied
+-- (the difference may be explained by it). detail names the differing payload keys.
+-- The hash of each stored payload and the SQL projection itself are checked in
+-- Python against the independent reference (pubctl/verify.py).
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
+    RETURNS TABLE (kind text, source_id bigint, category text, pending boolean, detail text[])
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+    items_sql text;
+    kinds text[];
+BEGIN
+    IF source = 'study_topic' THEN
+        kinds := '{topic}';
+        items_sql := $q$
+            SELECT 'topic' AS kind, r.id::bigint AS source_id,
+                   pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at) AS canonical
+            FROM rows AS r
+        $q$;
+    ELSIF source = 'study_question' THEN
+        kinds := '{question,explanation}';
+        items_sql := $q$
+            SELECT 'question' AS kind, r.id::bigint AS source_id,
+                   pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
+                                          r.body, r.choices, r.answer, r.deleted_at) AS canonical
+            FROM rows AS r
+            UNION ALL
+            SELECT 'explanation', r.id::bigint,
+                   pub.explanation_canonical(r.id, r.explanation, r.explanation_status,
+                                             r.deleted_at)
+            FROM rows AS r
+        $q$;
+    ELSE
+        RAISE EXCEPTION 'pubctl: unknown verify source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Use `pubctl verify --kind topic|question|explanation`.';
+    END IF;
+
+    RETURN QUERY EXECUTE format($q$
+        WITH rows AS (
+            SELECT * FROM %1$I.%2$I AS t WHERE t.id > $1 AND ($2 IS NULL OR t.id <= $2)
+        ), expected AS MATERIALIZED (%3$s
+        ), published AS (
+            SELECT c.* FROM pub.content AS c
+            WHERE c.kind = ANY ($3) AND c.source_id > $1 AND ($2 IS NULL OR c.source_id <= $2)
+        ), joined AS MATERIALIZED (
+            SELECT COALESCE(e.kind, p.kind) AS kind, COALESCE(e.source_id, p.source_id) AS source_id,
+                   e.canonical::jsonb AS want, pub.payload_hash(e.canonical) AS want_hash,
+                   p.payload AS have, p.payload_hash AS have_hash,
+                   COALESCE(NOT p.deleted, false) AS have_live, p.schema_version
+            FROM expected AS e
+            FULL JOIN published AS p ON (p.kind, p.source_id) = (e.kind, e.source_id)
+        ), waiting AS (
+            -- Items with outbox rows not applied yet: one scan of the outbox per range.
+            SELECT DISTINCT o.kind, o.source_id FROM pub.outbox AS o
+            WHERE o.kind = ANY ($3) AND o.source_id > $1 AND ($2 IS NULL OR o.source_id <= $2)
+        ), judged AS (
+            SELECT j.*,
+                   CASE
+                       WHEN j.want IS NOT NULL AND NOT j.have_live THEN 'missing'
+                       WHEN j.want IS NULL AND j.have_live THEN 'orphaned'
+                       WHEN j.want IS NOT NULL
+                            AND (j.have_hash <> j.want_hash OR j.have <> j.want) THEN 'stale'
+                   END AS category
+            FROM joined AS j
+        )
+        SELECT j.kind, j.source_id, j.category, w.kind IS NOT NULL,
+               CASE WHEN j.category = 'stale' THEN ARRAY(
+                   SELECT COALESCE(a.key, b.key)
+                   FROM jsonb_each(j.want) AS a
+                   FULL JOIN jsonb_each(j.have) AS b ON b.key = a.key
+                   WHERE a.value IS DISTINCT FROM b.value
+                   ORDER BY 1)
+               END
+        FROM judged AS j
+        LEFT JOIN waiting AS w ON (w.kind, w.source_id) = (j.kind, j.source_id)
+        WHERE j.category IS NOT NULL
+        UNION ALL
+        SELECT j.kind, j.source_id, 'old_schema', false,
+               ARRAY['schema_version ' || j.schema_version]
+        FROM joined AS j
+        WHERE j.schema_version < pub.schema_version()
+    $q$, app, source, items_sql)
+    USING lo, hi, kinds;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.verify_range(text, bigint, bigint) FROM PUBLIC;
+
+-- The upper bound of the next keyset page of a source table: the id of its
+-- page_size-th row after after_id, and how many rows the page has.
+CREATE FUNCTION pub.source_page_bound(
+    source text, after_id bigint, page_size integer, OUT rows_in_page integer, OUT last_id bigint
+)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF source NOT IN ('study_topic', 'study_question') THEN
+        RAISE EXCEPTION 'pubctl: unknown source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Pass study_topic or study_question.';
+    END IF;
+    EXECUTE format(
+        'SELECT count(*)::integer, max(id)::bigint FROM '
+        '(SELECT t.id FROM %I.%I AS t WHERE t.id > $1 ORDER BY t.id LIMIT $2) AS page',
+        (SELECT s.app_schema FROM pub.settings s), source)
+    INTO rows_in_page, last_id
+    USING after_id, page_size;
+END;
+$$;
+
+-- The source rows of a range as jsonb, each with its items' canonical text from the SQL
+-- projection: what the Python reference projection is held against.
+CREATE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
+    RETURNS TABLE (source_id bigint, row_data jsonb, canonicals jsonb)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+    canonicals_sql text;
+BEGIN
+    IF source = 'study_topic' THEN
+        canonicals_sql := $q$jsonb_build_object(
+            'topic', pub.topic_canonical(t.id, t.name, t.exam_round_size, t.deleted_at))$q$;
+    ELSIF source = 'study_question' THEN
+        canonicals_sql := $q$jsonb_build_object(
+            'question', pub.question_canonical(t.id, t.topic_id, t.exam_name, t.exam_round,
+                                               t.number, t.body, t.choices, t.answer, t.deleted_at),
+            'explanation', pub.explanation_canonical(t.id, t.explanation, t.explanation_status,
+                                                     t.deleted_at))$q$;
+    ELSE
+        RAISE EXCEPTION 'pubctl: unknown source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Pass study_topic or study_question.';
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT t.id::bigint, to_jsonb(t), %3$s FROM %1$I.%2$I AS t '
+        'WHERE t.id > $1 AND ($2 IS NULL OR t.id <= $2) ORDER BY t.id',
+        app, source, canonicals_sql)
+    USING lo, hi;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.source_page_bound(text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.source_projection(text, bigint, bigint) FROM PUBLIC;
