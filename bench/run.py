@@ -15,6 +15,7 @@ import apply_feed
 import backfill_bench
 import psycopg
 import single_row
+import verify_bench
 import write_path
 
 from pubctl.throwaway import ThrowawayPostgres
@@ -24,6 +25,7 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "single row": single_row.run,
     "apply/feed": apply_feed.run,
     "backfill": backfill_bench.run,
+    "verify": verify_bench.run,
 }
 
 

@@ -240,6 +240,13 @@ def test_resume_after_a_killed_backfill(
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     with pub_db.connect() as conn:
+        # The killed client's backend may still commit the page it was running: wait
+        # until the server has noticed the client is gone.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pubctl'"
+        ).fetchone() != (0,):
+            time.sleep(0.05)
         done, last_id, state = conn.execute(
             "SELECT rows_done, last_id, state FROM pub.backfill_runs WHERE source = 'study_question'"
         ).fetchone()

@@ -6,6 +6,9 @@ import hashlib
 from datetime import datetime, timezone
 
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pubctl.projection import (
     PayloadRuleError,
@@ -86,3 +89,42 @@ def test_soft_deleted_rows_are_tombstones() -> None:
 def test_payload_rules(overrides: dict[str, object], rule: str) -> None:
     with pytest.raises(PayloadRuleError, match=rule):
         question_items(question(**overrides))
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.text(st.characters(blacklist_categories=("Cs",))),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(max_codepoint=127), max_size=6), children, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    payload=st.dictionaries(
+        st.text(st.characters(max_codepoint=127), max_size=8), json_values, max_size=8
+    )
+)
+def test_fast_canonical_path_equals_rfc8785(payload: dict[str, object]) -> None:
+    assert canonical_json(payload) == bytes(rfc8785.dumps(payload))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"x": 1.5}, {"x": 2**60}, {"é": 1, "e": 2}, {"x": [1.0, "a"]}, {"\u00e9\U0001f600": None}],
+)
+def test_outside_the_fast_domain_rfc8785_decides(payload: dict[str, object]) -> None:
+    try:
+        expected = bytes(rfc8785.dumps(payload))
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            canonical_json(payload)
+        return
+    assert canonical_json(payload) == expected
