@@ -55,14 +55,17 @@ def _plain(value: Any) -> bool:
     integers within +-(2^53-1), null, booleans, arrays, objects with ASCII keys. There
     the two escape strings identically (\" \\ \b \f \n \r \t, other control
     characters as lowercase \u00xx, the rest literal) and sort ASCII keys alike."""
-    if value is None or isinstance(value, (str, bool)):
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return True
-    if isinstance(value, int):
-        return abs(value) <= MAX_SAFE_INTEGER
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in value.items())
+    if kind is int:
+        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
+    if kind is list:
+        return all(map(_plain, value))
+    if kind is dict:
+        return all(type(k) is str and k.isascii() for k in value) and all(
+            map(_plain, value.values())
+        )
     return False
 
 

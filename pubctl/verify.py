@@ -5,14 +5,16 @@ Three things are compared for every item, page by page so that memory stays flat
   missing, stale, orphaned, old schema, and pending when outbox rows still wait;
 * the SQL projection of each source row against the Python reference projection
   (``pubctl.projection``): reference mismatch;
-* each published payload against its ``payload_hash``, recomputed with ``rfc8785``:
-  hash mismatch.
+* each published ``payload_hash`` against the SHA-256 of the Python reference's RFC 8785
+  bytes (where SQL found the payload equal to the projection) or of the stored payload
+  itself (where it did not): hash mismatch.
 Capture itself is checked too: our triggers present and enabled, publishing on, and
 ``session_replication_role`` not silencing triggers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -199,9 +201,11 @@ def _bad_rows(
 def _compare_range(
     conn: Conn, source: str, lo: int, hi: int | None, kinds: set[str], report: Report
 ) -> None:
+    suspects: set[tuple[str, int]] = set()
     for kind, source_id, category, pending, detail in conn.execute(
         query("verify_range"), {"source": source, "lo": lo, "hi": hi}
     ):
+        suspects.add((kind, source_id))
         if kind not in kinds:
             continue
         text = ", ".join(detail or [])
@@ -209,28 +213,38 @@ def _compare_range(
             report.add(
                 Finding("pending", kind, source_id, f"{category} until the outbox is applied")
             )
-        else:
-            report.add(
-                Finding(
-                    category, kind, source_id, f"differs in {text}" if category == "stale" else text
-                )
-            )
+            continue
+        if category == "stale":
+            text = f"differs in {text or 'payload_hash'}"
+        report.add(Finding(category, kind, source_id, text))
     rows = conn.execute(query("verify_source_projection"), {"source": source, "lo": lo, "hi": hi})
-    for source_id, row_text, canonicals_text in rows:
-        _check_reference(
-            int(source_id), source, json.loads(row_text), json.loads(canonicals_text), kinds, report
+    for source_id, row_text, canonicals_text, hashes_text in rows:
+        _check_row(
+            int(source_id),
+            source,
+            json.loads(row_text),
+            json.loads(canonicals_text),
+            json.loads(hashes_text) if hashes_text else {},
+            suspects,
+            kinds,
+            report,
         )
         report.checked[source] = report.checked.get(source, 0) + 1
+    _check_suspect_hashes(conn, sorted(s for s in suspects if s[0] in kinds), report)
 
 
-def _check_reference(
+def _check_row(
     source_id: int,
     source: str,
     row: dict[str, Any],
     sql: dict[str, str | None],
+    published_hashes: dict[str, str],
+    suspects: set[tuple[str, int]],
     kinds: set[str],
     report: Report,
 ) -> None:
+    """Hold one row's SQL projection against the Python reference, and, where SQL found
+    the published item equal to the projection, its stored hash against Python's."""
     try:
         items = topic_items(row) if source == "study_topic" else question_items(row)
     except PayloadRuleError as exc:
@@ -240,43 +254,74 @@ def _check_reference(
     for item in items:
         if item.kind not in kinds:
             continue
-        want = None if item.payload is None else canonical_json(item.payload)
+        want = canonical_json(item.published_payload)
         got = sql.get(item.kind)
-        if (got.encode() if got is not None else None) != want:
+        if item.payload is not None and (got.encode() if got is not None else None) != want:
             report.add(
                 Finding(
                     "reference_mismatch",
                     item.kind,
                     source_id,
-                    f"SQL {got!r} != Python {want.decode() if want else None!r}",
+                    f"SQL {got!r} != Python {want.decode()!r}",
+                )
+            )
+        elif item.payload is None and got is not None:
+            report.add(
+                Finding(
+                    "reference_mismatch", item.kind, source_id, f"SQL {got!r} != Python tombstone"
+                )
+            )
+        stored = published_hashes.get(item.kind)
+        if stored is None or (item.kind, source_id) in suspects:
+            continue  # never published, or checked from its stored payload below
+        computed = hashlib.sha256(want).hexdigest()
+        if stored != computed:
+            report.add(
+                Finding(
+                    "hash_mismatch",
+                    item.kind,
+                    source_id,
+                    f"stored {stored}, payload hashes to {computed}",
                 )
             )
 
 
-def _check_hashes(conn: Conn, kinds: Iterable[str], page_size: int, report: Report) -> None:
-    kind, source_id = "", FIRST_ID
-    kinds = sorted(kinds)
-    while True:
-        page = conn.execute(
-            query("verify_content_page"),
-            {"kind": kind, "source_id": source_id, "kinds": kinds, "page_size": page_size},
-        ).fetchall()
-        for kind, source_id, payload_text, stored_hash in page:
-            try:
-                computed = payload_hash(json.loads(payload_text))
-            except Exception as exc:  # a payload RFC 8785 cannot even express
-                computed = f"(not canonicalisable: {exc})"
-            if computed != stored_hash:
-                report.add(
-                    Finding(
-                        "hash_mismatch",
-                        kind,
-                        source_id,
-                        f"stored {stored_hash}, payload hashes to {computed}",
-                    )
+def _check_suspect_hashes(conn: Conn, items: list[tuple[str, int]], report: Report) -> None:
+    """Hash the stored payloads of items SQL already flagged (rare) with rfc8785."""
+    if not items:
+        return
+    rows = conn.execute(
+        query("verify_content_items"),
+        {"kinds": [k for k, _ in items], "source_ids": [s for _, s in items]},
+    )
+    for kind, source_id, payload_text, stored_hash in rows:
+        try:
+            computed = payload_hash(json.loads(payload_text))
+        except Exception as exc:  # a payload RFC 8785 cannot even express
+            computed = f"(not canonicalisable: {exc})"
+        if computed != stored_hash:
+            report.add(
+                Finding(
+                    "hash_mismatch",
+                    kind,
+                    source_id,
+                    f"stored {stored_hash}, payload hashes to {computed}",
                 )
-        if len(page) < page_size:
-            return
+            )
+
+
+def _check_tombstone_hash(conn: Conn, report: Report) -> None:
+    row = conn.execute(query("tombstone_hash")).fetchone()
+    expected = payload_hash({})
+    if not row or row[0] != expected:
+        report.add(
+            Finding(
+                "reference_mismatch",
+                "capture",
+                None,
+                f"SQL hashes {{}} to {row and row[0]}, Python to {expected}",
+            )
+        )
 
 
 def verify(
@@ -309,7 +354,7 @@ def verify(
                     ).fetchone()
                     last = int(row[1]) if row and row[1] is not None else lo
                     _compare_range(conn, source, last, None, wanted, report)
-    _check_hashes(conn, wanted, page_size, report)
+    _check_tombstone_hash(conn, report)
     row = conn.execute(query("verify_pending"), {"kinds": sorted(wanted)}).fetchone()
     report.pending_outbox_rows = int(row[0]) if row else 0
     return report

@@ -158,16 +158,18 @@ FROM pub.verify_range(%(source)s, %(lo)s, %(hi)s);
 
 -- name: verify_source_projection
 -- Canonical texts come back as text inside jsonb strings, compared byte for byte.
-SELECT source_id, row_data::text, canonicals::text
+SELECT source_id, row_data::text, canonicals::text, published_hashes::text
 FROM pub.source_projection(%(source)s, %(lo)s, %(hi)s);
 
--- name: verify_content_page
--- Published items in (kind, source_id) order, payload as stored text (exact numbers).
-SELECT kind, source_id, payload::text, payload_hash
-FROM pub.content
-WHERE (kind, source_id) > (%(kind)s, %(source_id)s) AND kind = ANY (%(kinds)s)
-ORDER BY kind, source_id
-LIMIT %(page_size)s;
+-- name: verify_content_items
+-- Stored payloads (as text: exact numbers) of the items verify flagged in a range.
+SELECT c.kind, c.source_id, c.payload::text, c.payload_hash
+FROM pub.content AS c
+JOIN unnest(%(kinds)s::text[], %(source_ids)s::bigint[]) AS i(kind, source_id)
+  ON (c.kind, c.source_id) = (i.kind, i.source_id);
+
+-- name: tombstone_hash
+SELECT pub.payload_hash('{}');
 
 -- name: verify_replication_role
 -- The session_replication_role a new session of this database gets, and any

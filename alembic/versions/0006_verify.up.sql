@@ -77,6 +77,10 @@ BEGIN
                        WHEN j.want IS NULL AND j.have_live THEN 'orphaned'
                        WHEN j.want IS NOT NULL
                             AND (j.have_hash <> j.want_hash OR j.have <> j.want) THEN 'stale'
+                       -- A tombstone is {} with the hash of {}.
+                       WHEN j.want IS NULL AND j.have IS NOT NULL
+                            AND (j.have <> '{}' OR j.have_hash <> pub.payload_hash('{}'))
+                           THEN 'stale'
                    END AS category
             FROM joined AS j
         )
@@ -127,9 +131,10 @@ END;
 $$;
 
 -- The source rows of a range as jsonb, each with its items' canonical text from the SQL
--- projection: what the Python reference projection is held against.
+-- projection and their published hashes: what the Python reference projection and its
+-- own RFC 8785 hashes are held against.
 CREATE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
-    RETURNS TABLE (source_id bigint, row_data jsonb, canonicals jsonb)
+    RETURNS TABLE (source_id bigint, row_data jsonb, canonicals jsonb, published_hashes jsonb)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -152,10 +157,14 @@ BEGIN
                   HINT = 'Pass study_topic or study_question.';
     END IF;
     RETURN QUERY EXECUTE format(
-        'SELECT t.id::bigint, to_jsonb(t), %3$s FROM %1$I.%2$I AS t '
+        'SELECT t.id::bigint, to_jsonb(t), %3$s, '
+        '       (SELECT jsonb_object_agg(c.kind, c.payload_hash) FROM pub.content AS c '
+        '        WHERE c.kind = ANY ($3) AND c.source_id = t.id) '
+        'FROM %1$I.%2$I AS t '
         'WHERE t.id > $1 AND ($2 IS NULL OR t.id <= $2) ORDER BY t.id',
         app, source, canonicals_sql)
-    USING lo, hi;
+    USING lo, hi, CASE source WHEN 'study_topic' THEN '{topic}'::text[]
+                              ELSE '{question,explanation}'::text[] END;
 END;
 $$;
 
