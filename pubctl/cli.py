@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -393,6 +394,23 @@ def verify_cmd(
         click.echo(verifier.render(report))
     if not report.clean:
         sys.exit(EXIT_DRIFT)
+
+
+@cli.command("demo")
+@click.option("--keep", is_flag=True, help="Leave the demo server running and print its URL.")
+@click.pass_context
+def demo_cmd(ctx: click.Context, keep: bool) -> None:
+    """The whole flow on a throwaway database, narrated, with real output.
+
+    With PUBCTL_DATABASE_URL (or --database-url) it uses that server instead, in a new
+    database of its own."""
+    from pubctl import demo
+
+    settings = _settings(ctx)
+    # SIGTERM unwinds like Ctrl-C, so the throwaway server is always removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    if not demo.main(settings.url or None, keep):
+        raise PubctlError("the demo did not behave as narrated (see above)")
 
 
 @cli.command("init-sample-schema")

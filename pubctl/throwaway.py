@@ -110,8 +110,11 @@ class ThrowawayPostgres:
         settings: Mapping[str, str] | None = None,
         *,
         bindir: Path | None = None,
+        keep: bool = False,
     ) -> None:
         self.settings = dict(FAST_SETTINGS if settings is None else settings)
+        # keep: the server outlives this process (for `pubctl demo --keep`).
+        self.keep = keep
         self._bindir = bindir
         self.host = "127.0.0.1"
         self.port = 0
@@ -164,7 +167,8 @@ class ThrowawayPostgres:
         bindir = self._bindir or find_bindir()
         ids = self._owner_ids()
         self.base = Path(tempfile.mkdtemp(prefix="pubctl-pg-"))
-        atexit.register(self.stop)
+        if not self.keep:
+            atexit.register(self.stop)
         try:
             data, sock = self.base / "data", self.base / "sock"
             sock.mkdir()
@@ -235,7 +239,7 @@ class ThrowawayPostgres:
                 stdin=subprocess.DEVNULL,
                 cwd=self.base,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=None if self.keep else _die_with_parent,
                 **self._run_as_owner(ids),  # type: ignore[call-overload]
             )
         deadline = time.monotonic() + READY_TIMEOUT_S

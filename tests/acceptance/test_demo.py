@@ -1,0 +1,43 @@
+"""`pubctl demo` runs the whole narrated flow and cleans up after itself."""
+
+from __future__ import annotations
+
+import glob
+import tempfile
+
+import psycopg
+
+from support.cli import run_subprocess
+from support.db import ServerInfo
+
+
+def test_demo_on_a_throwaway_server() -> None:
+    before = set(glob.glob(f"{tempfile.gettempdir()}/pubctl-pg-*"))
+    result = run_subprocess("demo", timeout=300, cwd=tempfile.gettempdir())
+    assert result.code == 0, result.out + result.err
+    for step in (
+        "$ pubctl migrate",
+        "$ pubctl backfill all",
+        "clean: published state",
+        "DRIFT",
+        "(exit status 1, as expected)",
+    ):
+        assert step in result.out
+    assert "stopped and removed" in result.out
+    assert set(glob.glob(f"{tempfile.gettempdir()}/pubctl-pg-*")) == before, "nothing left behind"
+
+
+def test_demo_on_a_given_server_uses_a_new_database(pg_server: ServerInfo) -> None:
+    result = run_subprocess(
+        "demo", env={"PUBCTL_DATABASE_URL": pg_server.url("postgres")}, timeout=300
+    )
+    assert result.code == 0, result.out + result.err
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+        names = [
+            n
+            for (n,) in admin.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'pubctl_demo_%'"
+            )
+        ]
+        assert len(names) == 1
+        admin.execute(f'DROP DATABASE "{names[0]}" WITH (FORCE)')
