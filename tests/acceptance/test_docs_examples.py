@@ -1,0 +1,73 @@
+"""What the docs show runs: the viewer example, and the Debezium connector's columns."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from support.db import Database
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def load_consumer() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "viewer_consumer", DOCS / "examples" / "viewer_consumer.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_viewer_example_follows_the_feed_with_the_two_grants(pub_db: Database) -> None:
+    consumer = load_consumer()
+    with pub_db.connect() as conn:
+        conn.execute("CREATE ROLE docs_viewer LOGIN")
+        conn.execute("GRANT USAGE ON SCHEMA pub TO docs_viewer")
+        conn.execute("GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]) TO docs_viewer")
+        conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'Anatomy'), (2, 'Gone')")
+        conn.execute(
+            "INSERT INTO study_question (id, topic_id, exam_name, exam_round, number, body, choices, explanation_status)"
+            " SELECT g, 1 + g % 2, 'Exam', 1, g, 'q' || g, '[\"a\"]', 'draft' FROM generate_series(1, 2500) g"
+        )
+        conn.execute("SELECT pub.apply_batch(10000)")
+    url = pub_db.url.replace("user=postgres", "user=docs_viewer")
+    state: dict[tuple[str, int], Any] = {}
+    cursor = consumer.sync(url, state)
+    assert len(state) == 2502
+    with pub_db.connect() as conn:
+        conn.execute("UPDATE study_question SET deleted_at = now() WHERE id = 2")
+        conn.execute("UPDATE study_topic SET deleted_at = now() WHERE id = 2")
+        conn.execute("SELECT pub.apply_batch(10000)")
+    cursor = consumer.sync(url, state, cursor)
+    assert ("question", 2) not in state
+    assert consumer.questions_of_topic(state, 2) == []
+    assert len(consumer.questions_of_topic(state, 1)) == 1249  # question 2 was deleted
+    with psycopg.connect(url) as viewer:
+        assert viewer.execute("SELECT max(rev) FROM pub.feed(0, 100000)").fetchone() == (cursor,)
+
+
+def test_debezium_connector_names_real_outbox_columns(pub_db: Database) -> None:
+    config = json.loads((DOCS / "debezium-outbox-connector.json").read_text())["config"]
+    with pub_db.connect() as conn:
+        columns = {
+            name: type_
+            for name, type_ in conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = 'pub.outbox'::regclass AND attnum > 0 AND NOT attisdropped"
+            )
+        }
+    named = [config[k] for k in config if k.startswith("transforms.outbox.table.field.event.")]
+    named.append(config["transforms.outbox.route.by.field"])
+    named += [
+        part.split(":")[0]
+        for part in config["transforms.outbox.table.fields.additional.placement"].split(",")
+    ]
+    assert set(named) <= set(columns), set(named) - set(columns)
+    assert columns["payload"] == "jsonb"
+    assert config["table.include.list"] == "pub.outbox"
