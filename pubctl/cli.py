@@ -105,8 +105,22 @@ def _revision_choice(_ctx: click.Context, param: click.Parameter, value: str) ->
     callback=_revision_choice,
     help="Target revision: head, base (removes everything of pubctl's) or a revision id.",
 )
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.01),
+    default=migrate.DEFAULT_LOCK_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for a lock on the application's tables before retrying.",
+)
+@click.option(
+    "--lock-attempts",
+    type=click.IntRange(min=1),
+    default=migrate.DEFAULT_LOCK_ATTEMPTS,
+    show_default=True,
+    help="Attempts before giving up when the tables stay locked.",
+)
 @click.pass_context
-def migrate_cmd(ctx: click.Context, revision: str) -> None:
+def migrate_cmd(ctx: click.Context, revision: str, lock_timeout: float, lock_attempts: int) -> None:
     """Upgrade (or downgrade) pubctl's schema in the database."""
     settings = _settings(ctx)
     run = migrate.migrate(
@@ -114,6 +128,8 @@ def migrate_cmd(ctx: click.Context, revision: str) -> None:
         revision,
         app_schema=settings.app_schema,
         on_step=lambda message: click.echo(f"  {message}"),
+        lock_timeout_s=lock_timeout,
+        attempts=lock_attempts,
     )
     where = db.describe(settings.url)
     if not run.steps:

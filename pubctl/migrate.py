@@ -8,6 +8,7 @@ leaves the database exactly as it was.
 from __future__ import annotations
 
 import importlib.resources
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,9 @@ from pubctl.queries import query
 from pubctl.source import source_problems
 
 PUB_SCHEMA = "pub"
+DEFAULT_LOCK_TIMEOUT_S = 2.0
+DEFAULT_LOCK_ATTEMPTS = 5
+LOCK_NOT_AVAILABLE = "55P03"
 DEFAULT_APP_SCHEMA = "public"
 
 
@@ -121,8 +125,16 @@ def migrate(
     *,
     app_schema: str | None = None,
     on_step: Callable[[str], None] | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    attempts: int = DEFAULT_LOCK_ATTEMPTS,
 ) -> MigrationRun:
-    """Upgrade or downgrade pubctl's schema to ``revision`` ("head", "base" or an id)."""
+    """Upgrade or downgrade pubctl's schema to ``revision`` ("head", "base" or an id).
+
+    Attaching triggers locks the application's tables. Rather than queue behind a long
+    transaction (and make every writer queue behind the migration), each attempt waits
+    at most ``lock_timeout_s`` for a lock, rolls back, and tries again, ``attempts``
+    times in all, with a growing pause in between.
+    """
     with db.connect(url) as conn:
         before = current_revision(conn)
     direction = _direction(before, revision)
@@ -133,6 +145,44 @@ def migrate(
         if on_step is not None:
             on_step(message)
 
+    for attempt in range(1, attempts + 1):
+        try:
+            _run_alembic(url, revision, direction, app_schema, lock_timeout_s, step)
+            break
+        except (sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
+            orig = getattr(exc, "orig", None) or exc
+            if getattr(orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise PubctlError(
+                    f"migration failed, nothing was changed: {_one_line(orig)}"
+                ) from None
+            run.steps.clear()
+            if attempt == attempts:
+                raise PubctlError(
+                    f"could not lock the application's tables within {lock_timeout_s:g}s, "
+                    f"{attempts} times; nothing was changed",
+                    hint="a long transaction holds them: find it in pg_stat_activity, or retry "
+                    "with a larger --lock-timeout when writes can wait that long",
+                ) from None
+            pause = min(0.5 * 2 ** (attempt - 1), 10.0)
+            if on_step is not None:
+                on_step(f"waiting for a lock on the application's tables; retrying in {pause:g}s")
+            time.sleep(pause)
+    with db.connect(url) as conn:
+        run.after = current_revision(conn)
+    if not run.steps:
+        # Another run may have done the work while this one waited for the lock.
+        run.before = run.after
+    return run
+
+
+def _run_alembic(
+    url: str,
+    revision: str,
+    direction: str,
+    app_schema: str | None,
+    lock_timeout_s: float,
+    step: Callable[[str], None],
+) -> None:
     engine = _engine(url)
     try:
         with engine.connect() as connection:
@@ -146,6 +196,7 @@ def migrate(
                 app_schema=app_schema,
                 direction=direction,
                 on_step=step,
+                lock_timeout_ms=max(1, int(lock_timeout_s * 1000)),
             )
             try:
                 if direction == "upgrade":
@@ -155,17 +206,8 @@ def migrate(
             except CommandError as exc:
                 raise PubctlError(str(exc)) from None
             connection.commit()
-    except (sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
-        orig = getattr(exc, "orig", None) or exc
-        raise PubctlError(f"migration failed, nothing was changed: {_one_line(orig)}") from None
     finally:
         engine.dispose()
-    with db.connect(url) as conn:
-        run.after = current_revision(conn)
-    if not run.steps:
-        # Another run may have done the work while this one waited for the lock.
-        run.before = run.after
-    return run
 
 
 def _one_line(exc: BaseException) -> str:
@@ -184,6 +226,9 @@ def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> No
     """
     raw = _driver_connection(connection)
     raw.execute(query("migrate_lock"))
+    # Only now, with the migration lock held: a concurrent `pubctl migrate` waits above
+    # for as long as this one runs, but locks on the application's tables are bounded.
+    raw.execute(query("set_lock_timeout"), {"ms": f"{attributes['lock_timeout_ms']}ms"})
     before = current_revision(raw)
     if before is not None and before not in revisions():
         raise SchemaNewerError(

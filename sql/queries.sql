@@ -184,3 +184,6 @@ SELECT pg_catalog.current_setting('session_replication_role'),
 
 -- name: verify_pending
 SELECT count(*) FROM pub.outbox WHERE kind = ANY (%(kinds)s);
+
+-- name: set_lock_timeout
+SELECT pg_catalog.set_config('lock_timeout', %(ms)s, true);

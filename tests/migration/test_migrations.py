@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
 import psycopg
 import pytest
@@ -190,3 +192,64 @@ def test_base_refuses_to_drop_foreign_objects_in_pub(pub_db: Database) -> None:
         migrate.migrate(pub_db.url, "base")
     with pub_db.connect() as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
+
+
+def test_migrate_never_queues_behind_a_long_transaction(app_db: Database) -> None:
+    with app_db.connect() as conn:
+        conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'a'), (2, 'b')")
+    with app_db.connect(autocommit=False) as long_txn, app_db.connect() as writer:
+        long_txn.execute("UPDATE study_topic SET name = 'held' WHERE id = 1")  # holds ROW EXCLUSIVE
+        errors: list[BaseException] = []
+        writes: list[float] = []
+
+        def run_migrate() -> None:
+            try:
+                migrate.migrate(app_db.url, lock_timeout_s=0.3, attempts=3)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=run_migrate)
+        thread.start()
+        while thread.is_alive():  # other writers keep going while migrate retries
+            started = time.monotonic()
+            writer.execute("UPDATE study_topic SET name = name || '.' WHERE id = 2")
+            writes.append(time.monotonic() - started)
+            time.sleep(0.05)
+        thread.join()
+        assert len(errors) == 1 and isinstance(errors[0], PubctlError)
+        assert "could not lock the application's tables" in errors[0].message
+        assert max(writes) < 1.0, "a writer never waited behind the migration for long"
+        assert not _pub_schema_exists(writer), "nothing was changed"
+        long_txn.commit()
+    migrate.migrate(app_db.url, lock_timeout_s=0.3, attempts=3)
+    with app_db.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+
+
+@pytest.mark.parametrize("start", migrate.revisions()[:-1])
+def test_upgrade_from_every_revision_with_data_then_down(app_db: Database, start: str) -> None:
+    with app_db.connect() as conn:
+        _seed_app_rows(conn)
+        before = _app_state(conn)
+    migrate.migrate(app_db.url, start)
+    with app_db.connect() as conn:
+        conn.execute("INSERT INTO study_topic (id, name) VALUES (3, %s)", (f"written at {start}",))
+    migrate.migrate(app_db.url)
+    with app_db.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+        conn.execute("UPDATE study_topic SET name = 'after upgrade' WHERE id = 1")
+        captured = conn.execute(
+            "SELECT kind, source_id FROM pub.outbox ORDER BY id DESC LIMIT 1"
+        ).fetchall()
+        assert captured == [("topic", 1)], "capture works after the upgrade"
+        conn.execute("SELECT pub.apply_batch(100)")
+        conn.execute("DELETE FROM study_topic WHERE id = 3")
+    migrate.migrate(app_db.url, "base")
+    with app_db.connect() as conn:
+        assert not _pub_schema_exists(conn)
+        assert _app_state(conn)[0] == before[0], (
+            "the application's own alembic_version is untouched"
+        )
+        assert conn.execute("SELECT name FROM study_topic WHERE id = 1").fetchone() == (
+            "after upgrade",
+        )
