@@ -89,6 +89,15 @@ BEGIN
         SET last_rev = r.last_rev + (SELECT count(*) FROM judged WHERE verdict = 'changed')
         WHERE EXISTS (SELECT FROM judged WHERE verdict = 'changed')
         RETURNING r.last_rev - (SELECT count(*) FROM judged WHERE verdict = 'changed') AS first_rev
+    ), restamped AS (
+        -- Same payload under a newer schema_version (a projection change that left this
+        -- item's payload as it was): record the version, but it is no change for readers.
+        UPDATE pub.content AS p
+        SET schema_version = j.schema_version
+        FROM judged AS j
+        WHERE j.verdict = 'unchanged' AND (p.kind, p.source_id) = (j.kind, j.source_id)
+          AND p.schema_version <> j.schema_version
+        RETURNING 1
     ), published AS (
         -- Revs follow outbox order, so the feed shows changes in the order they were made.
         INSERT INTO pub.content AS p

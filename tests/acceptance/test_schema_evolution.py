@@ -1,0 +1,118 @@
+"""Changing a projection (schema_version 2), end to end: the procedure in
+docs/operations.md, "Changing a payload".
+
+The example change adds "exam_label" to the question payload. The new revision would
+replace pub.question_canonical and pub.schema_version(); the new pubctl release would
+change the Python reference the same way. Then: verify reports old-schema (and stale)
+items, a backfill republishes, the applier gives new revs only to items whose payload
+really changed, and verify is clean again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pubctl import projection
+
+from support.cli import run_inprocess
+from support.db import Database
+
+V2_SQL = """
+CREATE OR REPLACE FUNCTION pub.question_canonical(
+    question_id bigint, topic_id bigint, exam_name text, exam_round integer,
+    number integer, body text, choices jsonb, answer integer, deleted_at timestamptz
+) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN NOT pub.question_is_live(deleted_at) THEN NULL
+        ELSE '{"answer":' || pub.json_integer(answer)
+            || ',"body":' || pub.json_string(body)
+            || ',"choices":' || COALESCE(pub.json_string_array(choices),
+                   pub.payload_rule_violation('question', question_id, 'choices must be a JSON array of strings'))
+            || ',"exam_label":' || pub.json_string(exam_name || ' / round ' || exam_round)
+            || ',"exam_name":' || pub.json_string(exam_name)
+            || ',"exam_round":' || pub.json_integer(exam_round)
+            || ',"number":' || pub.json_integer(number)
+            || ',"question_id":' || pub.json_integer(question_id)
+            || ',"topic_id":' || pub.json_integer(topic_id)
+            || '}'
+    END;
+END;
+CREATE OR REPLACE FUNCTION pub.schema_version() RETURNS integer
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT 2;
+END;
+"""
+
+
+V1_QUESTION_ITEMS = projection.question_items
+
+
+def v2_question_items(row: dict[str, Any]) -> list[projection.Item]:
+    question, explanation = V1_QUESTION_ITEMS(row)
+    if question.payload is not None:
+        label = None
+        if row["exam_name"] is not None and row["exam_round"] is not None:
+            label = f"{row['exam_name']} / round {row['exam_round']}"
+        question = projection.Item(
+            "question", question.source_id, {**question.payload, "exam_label": label}
+        )
+    return [question, explanation]
+
+
+def revs(db: Database) -> dict[tuple[str, int], int]:
+    with db.connect() as conn:
+        return {
+            (k, s): r for k, s, r in conn.execute("SELECT kind, source_id, rev FROM pub.content")
+        }
+
+
+def test_projection_change_end_to_end(
+    capsys: pytest.CaptureFixture[str], pub_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pub_db.connect() as conn:
+        conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'Anatomy')")
+        conn.execute(
+            "INSERT INTO study_question (id, topic_id, exam_name, exam_round, body, choices, explanation, explanation_status)"
+            " SELECT g, 1, CASE WHEN g % 2 = 0 THEN 'Spring' END, 1, 'q' || g, '[\"a\"]', 'e', 'ready'"
+            " FROM generate_series(1, 20) g"
+        )
+    assert run_inprocess(capsys, "--database-url", pub_db.url, "apply").code == 0
+    before = revs(pub_db)
+
+    # The new revision's SQL, and the new release's Python reference.
+    with pub_db.connect() as conn:
+        conn.execute(V2_SQL)
+    monkeypatch.setattr(projection, "question_items", v2_question_items)
+    monkeypatch.setattr("pubctl.verify.question_items", v2_question_items)
+
+    result = run_inprocess(
+        capsys, "--database-url", pub_db.url, "verify", "--json", "--limit-report", "100"
+    )
+    report = json.loads(result.out)
+    assert result.code == 1
+    assert report["counts"]["old_schema"] == {"topic": 1, "question": 20, "explanation": 20}
+    assert report["counts"]["stale"] == {"question": 20}
+
+    assert run_inprocess(capsys, "--database-url", pub_db.url, "backfill", "all").code == 0
+    applied = run_inprocess(capsys, "--database-url", pub_db.url, "apply")
+    assert "20 items changed, 21 unchanged" in applied.out
+    after = revs(pub_db)
+    changed = {key for key in after if after[key] != before[key]}
+    assert changed == {("question", n) for n in range(1, 21)}, (
+        "new revs only where the payload changed"
+    )
+
+    result = run_inprocess(capsys, "--database-url", pub_db.url, "verify", "--json")
+    assert result.code == 0, result.out
+    with pub_db.connect() as conn:
+        assert conn.execute("SELECT DISTINCT schema_version FROM pub.content").fetchall() == [(2,)]
+        (payload,) = conn.execute(
+            "SELECT payload FROM pub.content WHERE kind = 'question' AND source_id = 2"
+        ).fetchone()
+    assert payload["exam_label"] == "Spring / round 1"
