@@ -67,6 +67,15 @@ def apply_all(db: Database) -> None:
             pass
 
 
+def assert_verify_clean(capsys: pytest.CaptureFixture[str], db: Database, *kinds: str) -> None:
+    """`pubctl verify` finds nothing wrong (for these kinds; all when none are named)."""
+    kind_args = [arg for kind in kinds for arg in ("--kind", kind)]
+    result = run_inprocess(
+        capsys, "--database-url", db.url, "verify", "--fail-on", "pending", "--json", *kind_args
+    )
+    assert result.code == 0, result.out
+
+
 def backfill(capsys: pytest.CaptureFixture[str], db: Database, *args: str) -> Any:
     result = run_inprocess(capsys, "--database-url", db.url, "backfill", *args, "--json")
     assert result.code == 0, result
@@ -84,6 +93,7 @@ def test_backfill_publishes_rows_that_existed_before(
     assert [r["rows"] for r in results] == [3, 1000]
     apply_all(pub_db)
     assert published(pub_db) == reference(pub_db)
+    assert_verify_clean(capsys, pub_db)
     again = backfill(capsys, pub_db, "all")
     with pub_db.connect() as conn:
         last = conn.execute("SELECT last_rev FROM pub.rev_counter").fetchone()
@@ -111,6 +121,7 @@ def test_backfill_tombstones_what_changed_while_publishing_was_off(
     backfill(capsys, pub_db, "all", "--batch-size", "7")
     apply_all(pub_db)
     assert published(pub_db) == reference(pub_db)
+    assert_verify_clean(capsys, pub_db)
     with pub_db.connect() as conn:
         tombstones = conn.execute(
             "SELECT kind, source_id FROM pub.content WHERE deleted ORDER BY 1, 2"
@@ -118,7 +129,9 @@ def test_backfill_tombstones_what_changed_while_publishing_was_off(
     assert set(tombstones) >= {("question", 1), ("question", 49), ("explanation", 4), ("topic", 3)}
 
 
-def test_row_updated_while_a_page_reads_it_ends_at_its_newest_payload(pub_db: Database) -> None:
+def test_row_updated_while_a_page_reads_it_ends_at_its_newest_payload(
+    capsys: pytest.CaptureFixture[str], pub_db: Database
+) -> None:
     seed(pub_db, 10)
     with pub_db.connect(autocommit=False) as page, pub_db.connect() as writer:
         page.execute(
@@ -144,9 +157,12 @@ def test_row_updated_while_a_page_reads_it_ends_at_its_newest_payload(pub_db: Da
     apply_all(pub_db)
     assert published(pub_db)[("question", 4)]["body"] == "v2"
     assert published(pub_db) == without_topics(reference(pub_db))
+    assert_verify_clean(capsys, pub_db, "question", "explanation")
 
 
-def test_page_waits_for_a_writer_in_progress_and_reads_its_version(pub_db: Database) -> None:
+def test_page_waits_for_a_writer_in_progress_and_reads_its_version(
+    capsys: pytest.CaptureFixture[str], pub_db: Database
+) -> None:
     seed(pub_db, 10)
     with pub_db.connect(autocommit=False) as writer, pub_db.connect() as page:
         writer.execute("UPDATE study_question SET body = 'v2' WHERE id = 4")  # not committed
@@ -165,6 +181,7 @@ def test_page_waits_for_a_writer_in_progress_and_reads_its_version(pub_db: Datab
         thread.join(10)
     apply_all(pub_db)
     assert published(pub_db)[("question", 4)]["body"] == "v2"
+    assert_verify_clean(capsys, pub_db, "question", "explanation")
 
 
 def test_backfill_beside_concurrent_writers(
@@ -209,6 +226,7 @@ def test_backfill_beside_concurrent_writers(
     assert {k: v for k, v in published(pub_db).items() if k[0] != "topic"} == {
         k: v for k, v in ref.items() if k[0] != "topic"
     }
+    assert_verify_clean(capsys, pub_db, "question", "explanation")
 
 
 def test_resume_after_a_killed_backfill(
