@@ -39,6 +39,7 @@ def collect(url: str) -> dict[str, Any]:
     }
     oldest = numbers["oldest_backlog_age_s"]
     last_apply = numbers["last_apply_age_s"]
+    oldest_writer = numbers["oldest_open_writer_age_s"]
     return {
         "database": db.describe(url),
         "pubctl_version": __version__,
@@ -54,6 +55,10 @@ def collect(url: str) -> dict[str, Any]:
         "last_rev": int(numbers["last_rev"]),
         "last_apply_age_s": round(float(last_apply), 3) if last_apply is not None else None,
         "items": numbers["items"] or {},
+        "open_writers": int(numbers["open_writers"]),
+        "oldest_open_writer_age_s": (
+            round(float(oldest_writer), 3) if oldest_writer is not None else None
+        ),
         "workers_running": int(numbers["workers"]),
         "applier_busy": bool(numbers["applying"]),
     }
@@ -84,9 +89,20 @@ def render(report: dict[str, Any]) -> str:
         ),
         f"outbox backlog:  {report['outbox_backlog']} rows"
         + (f", oldest {oldest:.1f}s old" if oldest is not None else ""),
+        f"open writers:    {_open_writers(report)}",
         f"last rev:        {report['last_rev']}",
         f"items:           {item_text or 'none published yet'}",
         f"workers:         {report['workers_running']} running"
         + (", applying now" if report["applier_busy"] else ""),
     ]
     return "\n".join(lines)
+
+
+def _open_writers(report: dict[str, Any]) -> str:
+    count = report["open_writers"]
+    if not count:
+        return "none"
+    age = report["oldest_open_writer_age_s"]
+    return f"{count} transaction{'' if count == 1 else 's'} with uncommitted outbox rows" + (
+        f", oldest open {age:.1f}s" if age is not None else ""
+    )

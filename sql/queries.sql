@@ -94,7 +94,21 @@ SELECT
                                                  WHERE datname = pg_catalog.current_database())
        AND classid = (8103491283817594882 >> 32)::oid
        AND objid = (8103491283817594882 & 4294967295)::oid
-       AND objsubid = 1 AND granted) AS applying;
+       AND objsubid = 1 AND granted) AS applying,
+    -- Transactions still open that wrote outbox rows: their rows are invisible to the
+    -- applier until they commit, so a session left idle in transaction is publishing
+    -- lag that no backlog count can show. Writing the outbox takes ROW EXCLUSIVE on it
+    -- until the transaction ends (the applier and backfill pages take it briefly too).
+    -- xact_start of other roles' sessions needs pg_read_all_stats (pg_monitor).
+    (SELECT count(*) FROM pg_catalog.pg_locks l
+     WHERE l.locktype = 'relation' AND l.relation = 'pub.outbox'::pg_catalog.regclass
+       AND l.mode = 'RowExclusiveLock' AND l.granted
+       AND l.pid <> pg_catalog.pg_backend_pid()) AS open_writers,
+    (SELECT EXTRACT(EPOCH FROM pg_catalog.now() - min(a.xact_start))
+     FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'relation' AND l.relation = 'pub.outbox'::pg_catalog.regclass
+       AND l.mode = 'RowExclusiveLock' AND l.granted
+       AND l.pid <> pg_catalog.pg_backend_pid()) AS oldest_open_writer_age_s;
 
 -- name: status_triggers
 -- pubctl's triggers on the application's tables and whether each fires.
