@@ -2,102 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import random
 import signal
 import subprocess
-import threading
 import time
 from typing import Any
 
 import pytest
-from psycopg.rows import dict_row
-
-from pubctl.feed import read
-from pubctl.projection import question_items, topic_items
 
 from support.cli import pubctl_executable
 from support.db import Database
-
-
-def reference_state(db: Database) -> dict[tuple[str, int], Any]:
-    items: dict[tuple[str, int], Any] = {}
-    with db.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
-        for row in cur.execute("SELECT * FROM study_topic"):
-            items.update({(i.kind, i.source_id): i.payload for i in topic_items(row) if i.payload})
-        for row in cur.execute("SELECT * FROM study_question"):
-            items.update(
-                {(i.kind, i.source_id): i.payload for i in question_items(row) if i.payload}
-            )
-    return items
-
-
-class Reader:
-    """A viewer polling the feed with its cursor, as docs/viewer.md describes."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.cursor = 0
-        self.state: dict[tuple[str, int], Any] = {}
-        self.revs: list[int] = []
-
-    def poll(self) -> None:
-        with self.db.connect() as conn:
-            for line in read(conn, self.cursor):
-                row = json.loads(line)
-                self.revs.append(row["rev"])
-                self.cursor = row["rev"]
-                key = (row["kind"], row["source_id"])
-                if row["deleted"]:
-                    self.state.pop(key, None)
-                else:
-                    self.state[key] = row["payload"]
-
-
-def writer(db: Database, seed: int, stop: threading.Event, errors: list[BaseException]) -> None:
-    rng = random.Random(seed)
-    try:
-        with db.connect() as conn:
-            while not stop.is_set():
-                qid = rng.randint(1, 60)
-                action = rng.random()
-                if action < 0.35:
-                    conn.execute(
-                        "INSERT INTO study_question (id, topic_id, body, choices, explanation, explanation_status)"
-                        " VALUES (%s, 1, %s, '[\"a\"]', 'e', %s) ON CONFLICT (id) DO UPDATE"
-                        " SET body = EXCLUDED.body, deleted_at = NULL",
-                        (qid, f"b{rng.random()}", rng.choice(["ready", "draft"])),
-                    )
-                elif action < 0.6:
-                    conn.execute(
-                        "UPDATE study_question SET body = %s WHERE id = %s",
-                        (f"u{rng.random()}", qid),
-                    )
-                elif action < 0.7:
-                    conn.execute(
-                        "UPDATE study_question SET updated_at = now() WHERE id = %s", (qid,)
-                    )
-                elif action < 0.8:
-                    conn.execute(
-                        "UPDATE study_question SET deleted_at = now() WHERE id = %s", (qid,)
-                    )
-                elif action < 0.9:
-                    conn.execute(
-                        "UPDATE study_question SET explanation_status = %s, explanation = %s WHERE id = %s",
-                        (rng.choice(["ready", "review"]), f"x{rng.random()}", qid),
-                    )
-                else:
-                    with conn.transaction():
-                        conn.execute(
-                            "UPDATE study_question SET body = body || '+' WHERE id = %s", (qid,)
-                        )
-                        conn.execute(
-                            "UPDATE study_question SET body = body || '-' WHERE id = %s", (qid,)
-                        )
-                        if rng.random() < 0.3:
-                            conn.execute("DELETE FROM study_question WHERE id = %s", (qid,))
-    except BaseException as exc:  # pragma: no cover - reported by the test
-        errors.append(exc)
+from support.workload import (
+    Reader,
+    Writers,
+    install_churn_audit,
+    reference_state,
+    unchanged_revs,
+)
 
 
 def test_writers_worker_and_reader_agree(pub_db: Database) -> None:
@@ -118,21 +38,15 @@ def test_writers_worker_and_reader_agree(pub_db: Database) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    threads = [threading.Thread(target=writer, args=(pub_db, n, stop, errors)) for n in range(4)]
+    install_churn_audit(pub_db)
     reader = Reader(pub_db)
     try:
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
-            reader.poll()
-            time.sleep(0.05)
-        stop.set()
-        for t in threads:
-            t.join(30)
-        assert not errors, errors
+        with Writers(pub_db, 4, seed=1, max_id=60) as writers:
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                reader.poll()
+                time.sleep(0.05)
+        assert not writers.errors, writers.errors
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with pub_db.connect() as conn:
@@ -146,6 +60,7 @@ def test_writers_worker_and_reader_agree(pub_db: Database) -> None:
         _out, err = worker.communicate(timeout=15)
     assert worker.returncode == 0, err
     assert reader.revs == sorted(set(reader.revs)), "revs arrive in order, never twice"
+    assert unchanged_revs(pub_db) == 0, "no rev for a change that changes nothing"
     assert reader.state == reference_state(pub_db)
 
 
