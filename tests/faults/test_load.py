@@ -1,0 +1,119 @@
+"""Load: several writer connections for a bounded time with `pubctl worker` running.
+The outbox backlog must stay bounded and drain, commit -> feed latency is reported as
+percentiles, and the outbox and published table sizes after VACUUM are reported.
+
+`make test` runs it briefly; `make soak` for PUBCTL_LOAD_SECONDS (60 there). The
+report line is shown with `pytest -s`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import threading
+import time
+
+from pubctl.feed import read
+
+from support.cli import pubctl_executable
+from support.db import Database
+from support.workload import Reader, Writers, install_churn_audit, reference_state, unchanged_revs
+
+SECONDS = float(os.environ.get("PUBCTL_LOAD_SECONDS", "4"))
+WRITERS = int(os.environ.get("PUBCTL_LOAD_WRITERS", "4"))
+MAX_ID = 5000
+
+
+def probe_latencies(db: Database, stop: threading.Event, out: list[float]) -> None:
+    """Commit a unique topic name, then poll the feed until a viewer would see it."""
+    with db.connect() as writer, db.connect() as viewer:
+        cursor = 0
+        n = 0
+        while not stop.is_set():
+            n += 1
+            token = f"probe {n}"
+            writer.execute("UPDATE study_topic SET name = %s WHERE id = 1", (token,))
+            committed = time.monotonic()
+            seen = False
+            while not seen and time.monotonic() - committed < 30:
+                for line in read(viewer, cursor, kinds=["topic"]):
+                    change = json.loads(line)
+                    cursor = change["rev"]
+                    seen = seen or change["payload"].get("name") == token
+                if not seen:
+                    time.sleep(0.001)
+            out.append(time.monotonic() - committed)
+            time.sleep(0.02)
+
+
+def test_backlog_stays_bounded_under_load(pub_db: Database) -> None:
+    install_churn_audit(pub_db)
+    with pub_db.connect() as conn:
+        conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'Anatomy')")
+    worker = subprocess.Popen(
+        [pubctl_executable(), "--database-url", pub_db.url, "worker"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    latencies: list[float] = []
+    backlog: list[int] = []
+    stop_probe = threading.Event()
+    probe = threading.Thread(target=probe_latencies, args=(pub_db, stop_probe, latencies))
+    try:
+        time.sleep(0.5)
+        probe.start()
+        started = time.monotonic()
+        with (
+            Writers(pub_db, WRITERS, seed=7, max_id=MAX_ID) as writers,
+            pub_db.connect() as conn,
+        ):
+            while time.monotonic() - started < SECONDS:
+                row = conn.execute("SELECT count(*) FROM pub.outbox").fetchone()
+                backlog.append(int(row[0]) if row else 0)
+                time.sleep(0.25)
+        elapsed = time.monotonic() - started
+        stop_probe.set()
+        probe.join(60)
+        assert not writers.errors, writers.errors
+        drained_in = time.monotonic()
+        with pub_db.connect() as conn:
+            while conn.execute("SELECT count(*) FROM pub.outbox").fetchone() != (0,):
+                assert time.monotonic() - drained_in < 30, "the worker does not keep up"
+                time.sleep(0.05)
+        drained_in = time.monotonic() - drained_in
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+
+    reader = Reader(pub_db)
+    reader.poll()
+    assert reader.state == reference_state(pub_db)
+    assert unchanged_revs(pub_db) == 0
+
+    with pub_db.connect() as conn:
+        conn.execute("VACUUM pub.outbox, pub.content")
+        sizes = conn.execute(
+            "SELECT pg_relation_size('pub.outbox'), pg_total_relation_size('pub.outbox'),"
+            " pg_total_relation_size('pub.content'), (SELECT count(*) FROM pub.content)"
+        ).fetchone()
+    assert sizes is not None
+    outbox_heap, outbox_total, content_total, items = sizes
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    print(
+        f"load: {WRITERS} writers for {elapsed:.0f}s, {writers.writes / elapsed:.0f} writes/s;"
+        f" commit->feed over {len(latencies)} probes p50 {cuts[49] * 1000:.1f} ms,"
+        f" p99 {cuts[98] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms;"
+        f" outbox backlog max {max(backlog)}, drained {drained_in:.2f}s after the writers"
+        f" stopped; after VACUUM: outbox heap {outbox_heap} B ({outbox_total} B with"
+        f" indexes), pub.content {content_total // 1024} KiB for {items} items"
+    )
+    assert len(latencies) > 10
+    assert statistics.median(latencies) < 1.0
+    # The worker keeps up: the backlog stays far below what the writers produce.
+    assert max(backlog) < max(1000, writers.writes // 4)
+    assert outbox_heap == 0, "an applied outbox is empty and VACUUM truncates it"
