@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from peak import wait_peak
 
 from pubctl.migrate import migrate
 from pubctl.queries import read_sql_file
@@ -58,12 +59,12 @@ def _pubctl(url: str, *args: str) -> tuple[float, int]:
         proc = subprocess.Popen(
             [exe, "--database-url", url, *args, "--json"], stdout=out, stderr=subprocess.DEVNULL
         )
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        status, peak = wait_peak(proc)
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"pubctl {' '.join(args)} failed")
         out.seek(0)
         seconds = sum(float(r["seconds"]) for r in json.load(out))
-    return seconds, usage.ru_maxrss
+    return seconds, peak
 
 
 def _reset(conn: psycopg.Connection[tuple[object, ...]]) -> None:

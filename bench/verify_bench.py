@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 from backfill_bench import SEED
+from peak import wait_peak
 
 from pubctl.apply import drain
 from pubctl.migrate import migrate
@@ -30,11 +31,11 @@ def _pubctl(url: str, *args: str) -> tuple[float, int]:
     exe = str(Path(sys.executable).with_name("pubctl"))
     started = time.perf_counter()
     proc = subprocess.Popen([exe, "--database-url", url, *args], stdout=subprocess.DEVNULL)
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    status, peak = wait_peak(proc)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) not in (0, 1):
         raise RuntimeError(f"pubctl {' '.join(args)} failed")
-    return elapsed, usage.ru_maxrss
+    return elapsed, peak
 
 
 def run(url: str, rows: int) -> list[tuple[str, str]]:
