@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import apply_feed
 import backfill_bench
+import orm_peer
 import psycopg
 import single_row
 import verify_bench
@@ -23,6 +24,7 @@ from pubctl.throwaway import ThrowawayPostgres
 SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "write path": write_path.run,
     "single row": single_row.run,
+    "orm peer": orm_peer.run,
     "apply/feed": apply_feed.run,
     "backfill": backfill_bench.run,
     "verify": verify_bench.run,
@@ -32,6 +34,9 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=int, default=100_000, help="rows per scenario")
+    parser.add_argument(
+        "--only", action="append", choices=list(SCENARIOS), help="run only this scenario"
+    )
     args = parser.parse_args()
     # Durable settings, as in production: fsync and synchronous_commit stay on.
     settings = {"shared_buffers": "1GB", "max_connections": "50", "max_wal_size": "4GB"}
@@ -40,9 +45,9 @@ def main() -> None:
             version = conn.execute("SHOW server_version").fetchone()
         server = version[0] if version else "?"
         print(f"machine: {os.cpu_count()} cores, {platform.machine()}, PostgreSQL {server}")
-        if not SCENARIOS:
-            print("no benchmark scenarios are defined yet")
         for number, (name, scenario) in enumerate(SCENARIOS.items()):
+            if args.only and name not in args.only:
+                continue
             dbname = f"bench_{number}"
             with psycopg.connect(pg.url, autocommit=True) as conn:
                 conn.execute(f"CREATE DATABASE {dbname}")
