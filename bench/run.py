@@ -10,9 +10,11 @@ import argparse
 import os
 import platform
 from collections.abc import Callable
+from pathlib import Path
 
 import apply_feed
 import backfill_bench
+import chart
 import orm_peer
 import psycopg
 import single_row
@@ -20,6 +22,8 @@ import verify_bench
 import write_path
 
 from pubctl.throwaway import ThrowawayPostgres
+
+CHART = Path(__file__).with_name("write_path.png")
 
 SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "write path": write_path.run,
@@ -37,6 +41,9 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", choices=list(SCENARIOS), help="run only this scenario"
     )
+    parser.add_argument(
+        "--chart", type=Path, default=CHART, help=f"write-path chart (default {CHART})"
+    )
     args = parser.parse_args()
     # Durable settings, as in production: fsync and synchronous_commit stay on.
     settings = {"shared_buffers": "1GB", "max_connections": "50", "max_wal_size": "4GB"}
@@ -44,7 +51,8 @@ def main() -> None:
         with psycopg.connect(pg.url) as conn:
             version = conn.execute("SHOW server_version").fetchone()
         server = version[0] if version else "?"
-        print(f"machine: {os.cpu_count()} cores, {platform.machine()}, PostgreSQL {server}")
+        machine = f"{os.cpu_count()} cores, {platform.machine()}, PostgreSQL {server}"
+        print(f"machine: {machine}")
         for number, (name, scenario) in enumerate(SCENARIOS.items()):
             if args.only and name not in args.only:
                 continue
@@ -53,6 +61,8 @@ def main() -> None:
                 conn.execute(f"CREATE DATABASE {dbname}")
             for label, figure in scenario(pg.url_for(dbname), args.scale):
                 print(f"{name:12} {label:48} {figure}", flush=True)
+    timings = {**write_path.TIMINGS, **orm_peer.TIMINGS}
+    print(chart.draw(timings, args.chart, f"{machine}, scale {args.scale:,}"))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ def _reset(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute("CHECKPOINT")
 
 
+# Raw timings of the last run's bulk inserts for the chart run.py draws: variant ->
+# (rows, seconds of each round, warm-up excluded).
+TIMINGS: dict[str, tuple[int, list[float]]] = {}
+
+
 def run(url: str, rows: int) -> list[tuple[str, str]]:
     """Bulk insert and no-op update, each variant timed REPEATS times, interleaved."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -95,6 +100,9 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
                 if repeat:  # the first round only warms caches and the WAL
                     times[name].append(elapsed)
         outbox_rows = conn.execute("SELECT count(*) FROM pub.outbox").fetchone()
+        TIMINGS.clear()
+        for name in variants:
+            TIMINGS[f"bulk insert: {name.removesuffix(' insert')}"] = (rows, list(times[name]))
 
         # No-op UPDATE: a column outside the projection, with and without triggers.
         noop: dict[str, Callable[[], float]] = {
