@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import traceback
@@ -27,6 +28,28 @@ from pubctl.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_USAGE, PubctlError
 from pubctl.queries import query, read_sql_file
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class SecondsRange(click.FloatRange):
+    """A number of seconds within bounds; NaN, which compares false to any bound, is
+    refused too."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+# Numeric options are bounded so that every accepted value fits the SQL parameter it
+# becomes (integer, bigint) and no typo turns into a day-long transaction or wait.
+PAGE_SIZE = click.IntRange(min=1, max=1_000_000)
+ROW_COUNT = click.IntRange(min=1, max=2**63 - 1)
+BIGINT_FROM_0 = click.IntRange(min=0, max=2**63 - 1)
+REPORT_SIZE = click.IntRange(min=0, max=1_000_000)
+LOCK_ATTEMPTS = click.IntRange(min=1, max=1000)
 
 
 @dataclass
@@ -107,14 +130,14 @@ def _revision_choice(_ctx: click.Context, param: click.Parameter, value: str) ->
 )
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0.01),
+    type=SecondsRange(min=0.01, max=3600),
     default=migrate.DEFAULT_LOCK_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for a lock on the application's tables before retrying.",
 )
 @click.option(
     "--lock-attempts",
-    type=click.IntRange(min=1),
+    type=LOCK_ATTEMPTS,
     default=migrate.DEFAULT_LOCK_ATTEMPTS,
     show_default=True,
     help="Attempts before giving up when the tables stay locked.",
@@ -182,7 +205,7 @@ KINDS = ("topic", "question", "explanation")
 @cli.command("apply")
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=PAGE_SIZE,
     default=applier.DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Outbox rows per batch; each batch is one transaction.",
@@ -201,14 +224,14 @@ def apply_cmd(ctx: click.Context, batch_size: int) -> None:
 @click.option(
     "--after",
     "after_rev",
-    type=click.IntRange(min=0),
+    type=BIGINT_FROM_0,
     default=0,
     show_default=True,
     help="Print changes with a rev greater than this.",
 )
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=BIGINT_FROM_0,
     default=None,
     help="Print at most this many rows (default: read to the end).",
 )
@@ -240,14 +263,14 @@ def feed_cmd(
 @cli.command("worker")
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=PAGE_SIZE,
     default=applier.DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Outbox rows per batch.",
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0.05),
+    type=SecondsRange(min=0.05, max=3600),
     default=5.0,
     show_default=True,
     envvar="PUBCTL_POLL_INTERVAL",
@@ -274,26 +297,26 @@ def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbos
 @click.argument("target", type=click.Choice(["topics", "questions", "all"]))
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=PAGE_SIZE,
     default=backfiller.DEFAULT_PAGE_SIZE,
     show_default=True,
     help="Source rows per page; each page is one transaction.",
 )
 @click.option(
     "--after-id",
-    type=click.IntRange(min=0),
+    type=BIGINT_FROM_0,
     default=None,
     help="Start after this source id (default: from the beginning).",
 )
 @click.option(
     "--max-rows",
-    type=click.IntRange(min=1),
+    type=ROW_COUNT,
     default=None,
     help="Stop after this many source rows in total (continue with --resume).",
 )
 @click.option(
     "--max-backlog",
-    type=click.IntRange(min=1),
+    type=ROW_COUNT,
     default=None,
     help="Pause while the outbox holds more than this many rows.",
 )
@@ -373,7 +396,7 @@ def _backfill_summary(r: backfiller.SourceResult, target: str) -> str:
 )
 @click.option(
     "--limit-report",
-    type=click.IntRange(min=0),
+    type=REPORT_SIZE,
     default=20,
     show_default=True,
     help="Examples shown per category.",

@@ -63,13 +63,19 @@ def run(
     poll_interval: float = 5.0,
     stop: StopFlag | None = None,
 ) -> None:
-    """Run until stopped; reconnects with backoff when the database goes away."""
+    """Run until stopped; reconnects with backoff when the database goes away.
+
+    The first connection must succeed: a wrong URL or password fails at once (exit 3)
+    instead of retrying silently; a service manager restarts the worker if needed.
+    """
     stop = stop or StopFlag()
     backoff = 0.5
     down_since: float | None = None
+    connected_once = False
     while not stop():
         try:
             with db.connect(url, autocommit=True) as conn:
+                connected_once = True
                 require_current(conn, url)
                 conn.execute(query("worker_presence_lock"))
                 conn.execute(query("listen_outbox"))
@@ -95,6 +101,8 @@ def run(
                         log.info("applied %s", totals.summary())
                     _wait_for_notify(conn, poll_interval, stop)
         except (psycopg.OperationalError, db.ConnectError) as exc:
+            if not connected_once:
+                raise
             if down_since is None:
                 down_since = time.monotonic()
                 log.warning(

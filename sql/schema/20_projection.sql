@@ -51,8 +51,9 @@ CREATE FUNCTION pub.json_string_array(value jsonb) RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT CASE
+        -- strict: a lax JSON path would unwrap nested arrays and let [["a"]] through.
         WHEN pg_catalog.jsonb_typeof(value) = 'array'
-             AND NOT pg_catalog.jsonb_path_exists(value, '$[*] ? (@.type() != "string")')
+             AND NOT pg_catalog.jsonb_path_exists(value, 'strict $[*] ? (@.type() != "string")')
         -- jsonb_populate_record turns the array into text[] without a subquery per
         -- row; to_json(text[]) prints it compact, each element escaped like to_json(text).
         THEN pg_catalog.to_json(
