@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test lint format bench demo clean
+.PHONY: install test lint format bench soak demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Long fault and load campaigns (make test runs the same tests briefly): many crash
+# runs with random SIGKILLs, and a minute of writers with the worker running. Reports
+# one line per run; SOAK_RUNS and SOAK_SECONDS scale it.
+SOAK_RUNS    ?= 25
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	PUBCTL_CRASH_RUNS=$(SOAK_RUNS) PUBCTL_CRASH_SECONDS=8 PUBCTL_LOAD_SECONDS=$(SOAK_SECONDS) \
+		$(BIN)/pytest -s tests/faults/test_crash_campaign.py tests/faults/test_load.py
 
 demo: $(STAMP)
 	$(BIN)/pubctl demo

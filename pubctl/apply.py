@@ -7,7 +7,7 @@ this module only calls one batch after another, each in its own transaction.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psycopg
 
@@ -35,7 +35,14 @@ class ApplyTotals:
     changed: int = 0
     unchanged: int = 0
     dropped: int = 0
-    results: list[BatchResult] = field(default_factory=list, repr=False)
+
+    def merge(self, other: ApplyTotals) -> None:
+        """Add another drain's totals to these."""
+        self.batches += other.batches
+        self.consumed += other.consumed
+        self.changed += other.changed
+        self.unchanged += other.unchanged
+        self.dropped += other.dropped
 
     def add(self, result: BatchResult) -> None:
         self.batches += 1

@@ -23,6 +23,7 @@ log = logging.getLogger("pubctl.worker")
 
 WAIT_SLICE_S = 0.25
 MAX_BACKOFF_S = 30.0
+SUMMARY_EVERY_S = 60.0
 
 
 class StopFlag:
@@ -56,6 +57,31 @@ def _wait_for_notify(
             return
 
 
+class _PeriodicSummary:
+    """What was applied, logged at most once per SUMMARY_EVERY_S: under a steady load
+    the worker wakes many times a second, and one line per wake-up would flood the log
+    (``-v`` logs every batch instead)."""
+
+    def __init__(self) -> None:
+        self.totals = apply.ApplyTotals()
+        self.since = time.monotonic()
+
+    def add(self, totals: apply.ApplyTotals) -> None:
+        self.totals.merge(totals)
+        if self.totals.batches and time.monotonic() - self.since >= SUMMARY_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.totals.batches:
+            log.info(
+                "applied %s in the last %.0fs",
+                self.totals.summary(),
+                time.monotonic() - self.since,
+            )
+        self.totals = apply.ApplyTotals()
+        self.since = time.monotonic()
+
+
 def run(
     url: str,
     *,
@@ -72,6 +98,7 @@ def run(
     backoff = 0.5
     down_since: float | None = None
     connected_once = False
+    summary = _PeriodicSummary()
     while not stop():
         try:
             with db.connect(url, autocommit=True) as conn:
@@ -97,8 +124,7 @@ def run(
                             r.consumed, r.changed, r.unchanged, r.dropped,
                         ),
                     )  # fmt: skip
-                    if totals.batches:
-                        log.info("applied %s", totals.summary())
+                    summary.add(totals)
                     _wait_for_notify(conn, poll_interval, stop)
         except (psycopg.OperationalError, db.ConnectError) as exc:
             if not connected_once:
@@ -112,4 +138,5 @@ def run(
             while time.monotonic() < deadline and not stop():
                 time.sleep(0.1)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+    summary.flush()
     log.info("worker stopped (%s)", stop.signal_name or "stop requested")

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from pubctl.feed import read
 
@@ -49,16 +50,19 @@ def probe_latencies(db: Database, stop: threading.Event, out: list[float]) -> No
             time.sleep(0.02)
 
 
-def test_backlog_stays_bounded_under_load(pub_db: Database) -> None:
+def test_backlog_stays_bounded_under_load(pub_db: Database, tmp_path: Path) -> None:
     install_churn_audit(pub_db)
     with pub_db.connect() as conn:
         conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'Anatomy')")
-    worker = subprocess.Popen(
-        [pubctl_executable(), "--database-url", pub_db.url, "worker"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The worker's log goes to a file: a pipe nobody reads until the end would fill up
+    # and block the worker on its next log line.
+    log = tmp_path / "worker.log"
+    with log.open("w") as log_file:
+        worker = subprocess.Popen(
+            [pubctl_executable(), "--database-url", pub_db.url, "worker"],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     latencies: list[float] = []
     backlog: list[int] = []
     stop_probe = threading.Event()
@@ -82,13 +86,17 @@ def test_backlog_stays_bounded_under_load(pub_db: Database) -> None:
         drained_in = time.monotonic()
         with pub_db.connect() as conn:
             while conn.execute("SELECT count(*) FROM pub.outbox").fetchone() != (0,):
-                assert time.monotonic() - drained_in < 30, "the worker does not keep up"
+                assert time.monotonic() - drained_in < 30, (
+                    f"the worker does not keep up: backlog by quarter {_quarters(backlog)},"
+                    f" worker exit code {worker.poll()}, sessions: {_sessions(conn)}"
+                )
                 time.sleep(0.05)
         drained_in = time.monotonic() - drained_in
     finally:
         worker.send_signal(signal.SIGTERM)
-        _out, err = worker.communicate(timeout=30)
-    assert worker.returncode == 0, err
+        worker.wait(timeout=30)
+    assert worker.returncode == 0, log.read_text()
+    assert len(log.read_text().splitlines()) <= 3 + int(SECONDS / 60), "no log flood"
 
     reader = Reader(pub_db)
     reader.poll()
@@ -108,7 +116,7 @@ def test_backlog_stays_bounded_under_load(pub_db: Database) -> None:
         f"load: {WRITERS} writers for {elapsed:.0f}s, {writers.writes / elapsed:.0f} writes/s;"
         f" commit->feed over {len(latencies)} probes p50 {cuts[49] * 1000:.1f} ms,"
         f" p99 {cuts[98] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms;"
-        f" outbox backlog max {max(backlog)}, drained {drained_in:.2f}s after the writers"
+        f" outbox backlog max {max(backlog)} (by quarter: {_quarters(backlog)}), drained {drained_in:.2f}s after the writers"
         f" stopped; after VACUUM: outbox heap {outbox_heap} B ({outbox_total} B with"
         f" indexes), pub.content {content_total // 1024} KiB for {items} items"
     )
@@ -117,3 +125,19 @@ def test_backlog_stays_bounded_under_load(pub_db: Database) -> None:
     # The worker keeps up: the backlog stays far below what the writers produce.
     assert max(backlog) < max(1000, writers.writes // 4)
     assert outbox_heap == 0, "an applied outbox is empty and VACUUM truncates it"
+
+
+def _quarters(samples: list[int]) -> str:
+    size = max(1, len(samples) // 4)
+    return "/".join(str(max(samples[i : i + size])) for i in range(0, len(samples), size))
+
+
+def _sessions(conn: object) -> list[tuple[object, ...]]:
+    """What every session on the server is doing (for a failure message)."""
+    return list(
+        conn.execute(  # type: ignore[attr-defined]
+            "SELECT datname, application_name, state, wait_event_type, wait_event,"
+            " left(query, 60), now() - xact_start FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    )
