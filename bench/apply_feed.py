@@ -79,6 +79,11 @@ def _latency(url: str, writes: int = 300) -> tuple[float, float]:
     return samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
 
 
+def _outbox_size(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    row = conn.execute("SELECT pg_total_relation_size('pub.outbox')").fetchone()
+    return int(str(row[0])) if row else 0
+
+
 def run(url: str, rows: int) -> list[tuple[str, str]]:
     """Apply, no-op re-apply, feed page and latency figures."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -107,7 +112,11 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
             conn.execute(REENQUEUE_ALL)
             conn.execute("VACUUM ANALYZE pub.outbox")
             conn.execute("CHECKPOINT")
+            full = _outbox_size(conn)
             noop_t.append(_timed(lambda: drain(conn, BATCH)))
+        # Retention: an applied outbox holds nothing; VACUUM gives its heap back.
+        conn.execute("VACUUM pub.outbox")
+        emptied = _outbox_size(conn)
 
         conn.execute("VACUUM ANALYZE pub.content")
         last = conn.execute("SELECT max(rev) FROM pub.content").fetchone()
@@ -146,6 +155,10 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
         (
             "feed page fetched / same query inline",
             _ratio(page_t["feed_fetch"], page_t["inline_fetch"]),
+        ),
+        (
+            f"outbox after {2 * rows} rows applied, VACUUM",
+            f"{emptied / 1024:,.0f} KiB (holding {rows} rows: {full / 2**20:,.0f} MiB)",
         ),
         ("commit -> feed latency with worker: p50", f"{p50 * 1000:.1f} ms"),
         ("commit -> feed latency with worker: p99", f"{p99 * 1000:.1f} ms"),
