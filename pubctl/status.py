@@ -103,6 +103,6 @@ def _open_writers(report: dict[str, Any]) -> str:
     if not count:
         return "none"
     age = report["oldest_open_writer_age_s"]
-    return f"{count} transaction{'' if count == 1 else 's'} with uncommitted outbox rows" + (
+    return f"{count} open transaction{'' if count == 1 else 's'} writing the outbox" + (
         f", oldest open {age:.1f}s" if age is not None else ""
     )

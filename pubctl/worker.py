@@ -132,7 +132,8 @@ def run(
             if down_since is None:
                 down_since = time.monotonic()
                 log.warning(
-                    "lost the database (%s); retrying", db.mask(str(exc).splitlines()[0], url)
+                    "lost the database (%s); retrying",
+                    db.mask(next(iter(str(exc).splitlines()), type(exc).__name__), url),
                 )
             deadline = time.monotonic() + backoff
             while time.monotonic() < deadline and not stop():

@@ -63,9 +63,9 @@ SELECT rev, kind, pub_id::text, source_id, payload::text, payload_hash, schema_v
 FROM pub.feed(%(after_rev)s, %(max_rows)s, %(kinds)s);
 
 -- name: worker_presence_lock
--- Held (session level) by every running `pubctl worker`, so that status can tell.
--- The key is "pubctl" in ASCII followed by 0003.
-SELECT pg_catalog.pg_try_advisory_lock(8103491283817594883);
+-- Held (session level, shared) by every running `pubctl worker`, so that status can
+-- count them. The key is "pubctl" in ASCII followed by 0003.
+SELECT pg_catalog.pg_advisory_lock_shared(8103491283817594883);
 
 -- name: listen_outbox
 LISTEN pubctl_outbox;
@@ -95,25 +95,32 @@ SELECT
        AND classid = (8103491283817594882 >> 32)::oid
        AND objid = (8103491283817594882 & 4294967295)::oid
        AND objsubid = 1 AND granted) AS applying,
-    -- Transactions still open that wrote outbox rows: their rows are invisible to the
-    -- applier until they commit, so a session left idle in transaction is publishing
-    -- lag that no backlog count can show. Writing the outbox takes ROW EXCLUSIVE on it
-    -- until the transaction ends (the applier and backfill pages take it briefly too).
+    -- Open transactions that have written to the outbox (or run a statement whose
+    -- capture trigger could): their rows are invisible to the applier until they
+    -- commit, so a session left idle in transaction is publishing lag that no backlog
+    -- count can show. Writing the outbox takes ROW EXCLUSIVE on it until the
+    -- transaction ends; the applier and backfill pages hold it briefly too.
     -- xact_start of other roles' sessions needs pg_read_all_stats (pg_monitor).
     (SELECT count(*) FROM pg_catalog.pg_locks l
      WHERE l.locktype = 'relation' AND l.relation = 'pub.outbox'::pg_catalog.regclass
+       AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                         WHERE datname = pg_catalog.current_database())
        AND l.mode = 'RowExclusiveLock' AND l.granted
        AND l.pid <> pg_catalog.pg_backend_pid()) AS open_writers,
     (SELECT EXTRACT(EPOCH FROM pg_catalog.now() - min(a.xact_start))
      FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
      WHERE l.locktype = 'relation' AND l.relation = 'pub.outbox'::pg_catalog.regclass
+       AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                         WHERE datname = pg_catalog.current_database())
        AND l.mode = 'RowExclusiveLock' AND l.granted
        AND l.pid <> pg_catalog.pg_backend_pid()) AS oldest_open_writer_age_s;
 
 -- name: status_triggers
 -- pubctl's triggers on the application's tables and whether each fires.
 SELECT c.relname::text AS table_name, t.tgname::text AS trigger_name,
-       t.tgenabled <> 'D' AS enabled
+       -- 'O' fires in origin (normal) sessions, 'A' always; 'R' (ENABLE REPLICA
+       -- TRIGGER) fires only under session_replication_role = replica, 'D' never.
+       t.tgenabled IN ('O', 'A') AS enabled
 FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

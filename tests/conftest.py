@@ -102,3 +102,14 @@ def empty_db(pg_server: ServerInfo) -> Iterator[Database]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault campaigns' summary table, when any ran (long with `make soak`)."""
+    from support.campaign_report import TOTALS
+
+    lines = TOTALS.table()
+    if lines:
+        terminalreporter.section("fault campaigns")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -131,7 +131,6 @@ BAD_VALUES = [
     ["apply", "--batch-size", "99999999999999999999"],
     ["feed", "--after", "-1"],
     ["feed", "--after", "one"],
-    ["feed", "--limit", "-1"],
     ["feed", "--after", "9223372036854775808"],
     ["backfill", "all", "--batch-size", "2000000"],
     ["verify", "--limit-report", "1e9"],

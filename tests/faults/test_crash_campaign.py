@@ -13,11 +13,14 @@ import os
 import random
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from support.campaign_report import TOTALS
 from support.cli import pubctl_executable, run_subprocess
 from support.db import Database
 from support.workload import Reader, Writers, install_churn_audit, reference_state, unchanged_revs
@@ -32,6 +35,8 @@ class RunReport:
     seed: int
     writes: int = 0
     worker_kills: int = 0
+    kills_inside_a_batch: int = 0
+    revs_before_final_apply: int = 0
     backfill_kills: int = 0
     backfills_started: int = 0
     revs: int = 0
@@ -43,19 +48,26 @@ class RunReport:
     def line(self) -> str:
         return (
             f"crash run seed={self.seed}: {self.writes} writes, {self.worker_kills} worker"
-            f" kills, {self.backfill_kills} backfill kills ({self.backfills_started} started),"
+            f" kills ({self.kills_inside_a_batch} inside a batch), {self.backfill_kills} backfill kills ({self.backfills_started} started),"
             f" {self.revs} revs read; duplicates {self.unchanged_revs}, out of order"
             f" {self.out_of_order}, lost {self.lost}, verify exit {self.verify_code}"
         )
 
 
+LOG = Path(tempfile.gettempdir()) / "pubctl-crash-campaign.log"
+
+
 def _pubctl(db: Database, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [pubctl_executable(), "--database-url", db.url, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    """Start pubctl; its stderr is appended to LOG (shown when a run fails)."""
+    with LOG.open("a") as log:
+        log.write(f"--- pubctl {' '.join(args)}\n")
+        log.flush()
+        return subprocess.Popen(
+            [pubctl_executable(), "--database-url", db.url, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
 
 
 def _seed_existing_rows(db: Database, rng: random.Random) -> None:
@@ -94,14 +106,32 @@ def _next_backfill(db: Database) -> list[str]:
     return ["--resume"]
 
 
+def _wait_for_a_batch(db: Database, seconds: float) -> int:
+    """1 as soon as a pubctl session of this database is seen running an apply batch
+    (within ``seconds``), else 0."""
+    deadline = time.monotonic() + seconds
+    with db.connect() as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'pubctl' AND state = 'active'"
+                " AND query LIKE '%%apply_batch%%'"
+            ).fetchone()
+            if row and row[0]:
+                return 1
+    return 0
+
+
 def crash_run(db: Database, seed: int, seconds: float) -> RunReport:
     """One randomized run; returns what it observed."""
     rng = random.Random(seed)
     report = RunReport(seed)
+    LOG.write_text(f"crash run seed={seed}\n")
     install_churn_audit(db)
     _seed_existing_rows(db, rng)
     batch = str(rng.choice([7, 50, 500]))
     worker = _pubctl(db, "worker", "--poll-interval", "0.2", "--batch-size", batch)
+    worker_started = time.monotonic()
     page = str(rng.choice([13, 64, 250]))
     backfill = _pubctl(db, "backfill", "all", "--batch-size", page)
     report.backfills_started = 1
@@ -112,11 +142,18 @@ def crash_run(db: Database, seed: int, seconds: float) -> RunReport:
             while time.monotonic() < deadline:
                 reader.poll()
                 time.sleep(rng.uniform(0.02, 0.15))
-                if rng.random() < 0.15:
+                # A worker needs about half a second to start: killing younger ones
+                # would mostly kill interpreters, not workers.
+                if time.monotonic() - worker_started > 0.8 and rng.random() < 0.25:
+                    assert worker.poll() is None, "the worker died on its own"
+                    # Aim at a batch in progress when there is one soon (a batch
+                    # takes milliseconds); otherwise the kill lands between batches.
+                    report.kills_inside_a_batch += _wait_for_a_batch(db, 0.2)
                     worker.kill()
                     worker.wait()
                     report.worker_kills += 1
                     worker = _pubctl(db, "worker", "--poll-interval", "0.2", "--batch-size", batch)
+                    worker_started = time.monotonic()
                 if backfill.poll() is None and rng.random() < 0.1:
                     backfill.kill()
                     backfill.wait()
@@ -143,6 +180,8 @@ def crash_run(db: Database, seed: int, seconds: float) -> RunReport:
         backfill.kill()
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
+    reader.poll()
+    report.revs_before_final_apply = len(reader.revs)
     assert run_subprocess("--database-url", db.url, "apply").code == 0
     reader.poll()
     report.revs = len(reader.revs)
@@ -152,6 +191,19 @@ def crash_run(db: Database, seed: int, seconds: float) -> RunReport:
     verify = run_subprocess("--database-url", db.url, "verify", "--fail-on", "pending")
     report.verify_code = verify.code
     print(report.line())
+    TOTALS.crash_runs.append(
+        {
+            "writes": report.writes,
+            "worker_kills": report.worker_kills,
+            "kills_inside_a_batch": report.kills_inside_a_batch,
+            "backfill_kills": report.backfill_kills,
+            "revs_read": report.revs,
+            "duplicates": report.unchanged_revs,
+            "out_of_order": report.out_of_order,
+            "lost": report.lost,
+            "verify_failures": int(report.verify_code != 0),
+        }
+    )
     assert verify.code == 0, verify.out
     return report
 
@@ -161,6 +213,9 @@ def test_crash_run(pub_db: Database, run: int) -> None:
     seed = int(os.environ.get("PUBCTL_CRASH_SEED", "20261127")) + run
     report = crash_run(pub_db, seed, SECONDS)
     assert report.worker_kills > 0
+    assert report.revs_before_final_apply > 0, (
+        "the workers applied nothing themselves:\n" + LOG.read_text()[-3000:]
+    )
     assert (report.unchanged_revs, report.out_of_order, report.lost) == (0, 0, 0), report.line()
 
 
@@ -205,21 +260,29 @@ def test_worker_killed_between_its_apply_and_its_commit(
         stderr=subprocess.DEVNULL,
         env=env,
     )
+    pausing = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event = 'PgSleep'"
+    )
+    pubctl_sessions = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'pubctl'"
+    )
     with pub_db.connect() as conn:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-        ).fetchone() != (1,):
+        deadline = time.monotonic() + 30
+        while conn.execute(pausing).fetchone() != (1,):
+            assert worker.poll() is None, "the worker exited before reaching the commit"
+            assert time.monotonic() < deadline, "the worker never reached the commit"
             time.sleep(0.02)
         worker.kill()  # inside the commit of the first batch
         worker.wait()
         conn.execute("DROP TRIGGER test_pause_at_commit ON pub.content")
-        # The killed worker's backend either notices and rolls back, or commits.
-        while conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-        ).fetchone() != (0,):
+        # The killed worker's backend either notices and rolls back, or commits; then
+        # it ends.
+        deadline = time.monotonic() + 30
+        while conn.execute(pubctl_sessions).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the killed worker's session lingers"
             time.sleep(0.05)
-        time.sleep(0.2)
         applied = conn.execute("SELECT last_rev FROM pub.rev_counter").fetchone()
     assert applied == ((0,) if server_notices else (101,))
     reader = Reader(pub_db)

@@ -18,15 +18,20 @@ from support.db import Database
 def apply_within(db: Database, seconds: float) -> None:
     """Drain the outbox; fail if that takes longer than ``seconds`` (i.e. it waits)."""
     done = threading.Event()
+    errors: list[BaseException] = []
 
     def drain() -> None:
-        with db.connect() as conn:
-            while conn.execute("SELECT consumed FROM pub.apply_batch(1000)").fetchone() != (0,):
-                pass
+        try:
+            with db.connect() as conn:
+                while conn.execute("SELECT consumed FROM pub.apply_batch(1000)").fetchone() != (0,):
+                    pass
+        except BaseException as exc:
+            errors.append(exc)
         done.set()
 
     threading.Thread(target=drain, daemon=True).start()
     assert done.wait(seconds), "apply waited for an unrelated open transaction"
+    assert not errors, errors
 
 
 def status(capsys: pytest.CaptureFixture[str], db: Database) -> dict[str, object]:
@@ -53,6 +58,7 @@ def test_idle_in_transaction_writer_delays_only_its_own_rows(
         idle.execute("UPDATE study_question SET body = 'slow' WHERE id = 1")
         idle.execute("SELECT 1 FROM study_question WHERE id = 3 FOR UPDATE")  # a row lock too
         time.sleep(1.0)  # ... and the session goes idle in transaction
+        other.execute("SET lock_timeout = '5s'")  # a regression fails instead of hanging
         other.execute("UPDATE study_question SET body = 'fast' WHERE id = 2")
         other.execute("UPDATE study_topic SET name = 'Anatomy II' WHERE id = 1")
         apply_within(pub_db, 5)
@@ -61,7 +67,7 @@ def test_idle_in_transaction_writer_delays_only_its_own_rows(
         assert report["open_writers"] == 1
         assert float(report["oldest_open_writer_age_s"]) >= 1.0  # type: ignore[arg-type]
         assert (
-            "1 transaction with uncommitted outbox rows"
+            "1 open transaction writing the outbox"
             in run_inprocess(capsys, "--database-url", pub_db.url, "status").out
         )
         with pub_db.connect() as conn:

@@ -174,11 +174,19 @@ def test_page_waits_for_a_writer_in_progress_and_reads_its_version(
                 ).fetchone()
             )
         )
+        page_pid = page.info.backend_pid
         thread.start()
-        time.sleep(0.5)
+        with pub_db.connect() as observer:
+            deadline = time.monotonic() + 10
+            while observer.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (page_pid,)
+            ).fetchone() != ("Lock",):
+                assert time.monotonic() < deadline, "the page never waited for the row lock"
+                time.sleep(0.02)
         assert thread.is_alive()
         writer.commit()
         thread.join(10)
+    assert results, "the page finished once the writer committed"
     apply_all(pub_db)
     assert published(pub_db)[("question", 4)]["body"] == "v2"
     assert_verify_clean(capsys, pub_db, "question", "explanation")

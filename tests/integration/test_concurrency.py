@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from pubctl import status
+
 from support.cli import pubctl_executable
 from support.db import Database
 from support.workload import (
@@ -77,8 +79,16 @@ def test_worker_survives_a_database_restart(pub_db: Database) -> None:
         text=True,
     )
     try:
+        with pub_db.connect() as conn:
+            deadline = time.monotonic() + 20
+            while conn.execute("SELECT count(*) FROM pub.content").fetchone() != (1,):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
         time.sleep(1.0)
         pg.restart()
+        # Nothing applied since before the outage: status shows how long ago that was.
+        gap = status.collect(pub_db.url)["last_apply_age_s"]
+        assert gap is not None and gap >= 1.0
         with pub_db.connect() as conn:
             conn.execute("UPDATE study_topic SET name = 'after restart'")
         deadline = time.monotonic() + 30

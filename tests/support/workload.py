@@ -197,3 +197,5 @@ class Writers:
         self.stop.set()
         for thread in self._threads:
             thread.join(30)
+            if thread.is_alive():
+                self.errors.append(TimeoutError("a writer did not stop within 30 s"))
