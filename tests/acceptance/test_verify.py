@@ -96,6 +96,11 @@ TAMPERING = [
         ("capture_bypassed", "capture", None),
     ),
     (
+        "trigger fires for replicas only",
+        "ALTER TABLE study_topic ENABLE REPLICA TRIGGER pub_capture_update",
+        ("capture_bypassed", "capture", None),
+    ),
+    (
         "trigger dropped",
         "DROP TRIGGER pub_capture_insert ON study_topic",
         ("capture_bypassed", "capture", None),

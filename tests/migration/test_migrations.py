@@ -60,15 +60,19 @@ def test_up_down_up_keeps_application_rows(app_db: Database) -> None:
 
 
 def test_each_revision_steps_up_and_down(app_db: Database) -> None:
+    """Each downgrade restores exactly the schema its revision's upgrade found."""
     known = migrate.revisions()
+    on_the_way_up = {}
     for rev in known:
         migrate.migrate(app_db.url, rev)
         with app_db.connect() as conn:
             assert migrate.current_revision(conn) == rev
+            on_the_way_up[rev] = snapshot(conn)
     for rev in reversed(known[:-1]):
         migrate.migrate(app_db.url, rev)
         with app_db.connect() as conn:
             assert migrate.current_revision(conn) == rev
+            assert snapshot(conn) == on_the_way_up[rev], f"down to {rev} differs from up"
     migrate.migrate(app_db.url, "base")
     with app_db.connect() as conn:
         assert not _pub_schema_exists(conn)
