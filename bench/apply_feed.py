@@ -21,13 +21,17 @@ REPEATS = 3
 BATCH = 10_000
 
 # Outbox rows of mixed kinds, one per item.
+# Mixed kinds; every fifth row repeats the item and payload of the row before it
+# (20% no-op repeats, which the applier must consume without a rev).
 FILL = """
 INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-SELECT (ARRAY['topic', 'question', 'explanation'])[1 + g %% 3], g / 3,
+SELECT (ARRAY['topic', 'question', 'explanation'])[1 + i %% 3], i / 3,
        pub.outbox_payload(c), pub.outbox_payload_hash(c), 1, false
 FROM generate_series(1, %(rows)s) g,
-     LATERAL (SELECT '{"question_id":' || g || ',"text":'
-                     || to_json(rpad('x', 300, 'y ' || g))::text || '}') AS t(c)
+     LATERAL (SELECT CASE WHEN g %% 5 = 0 THEN g - 1 ELSE g END) AS item(i),
+     LATERAL (SELECT '{"question_id":' || i || ',"text":'
+                     || to_json(rpad('x', 300, 'y ' || i))::text || '}') AS t(c)
+ORDER BY g
 """
 REENQUEUE_ALL = """
 INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
@@ -46,7 +50,7 @@ def _ratio(a: list[float], b: list[float]) -> str:
     return f"{statistics.median(a) / statistics.median(b):.2f}x (min {rs[0]:.2f}, max {rs[-1]:.2f})"
 
 
-def _latency(url: str, writes: int = 300) -> tuple[float, float]:
+def _latency(url: str, writes: int = 1000) -> tuple[float, float]:
     exe = str(Path(sys.executable).with_name("pubctl"))
     worker = subprocess.Popen(
         [exe, "--database-url", url, "worker", "--poll-interval", "1"],
