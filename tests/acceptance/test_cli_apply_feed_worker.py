@@ -9,12 +9,10 @@ import time
 from typing import Any
 
 import pytest
-from psycopg.rows import dict_row
 
-from pubctl.projection import question_items, topic_items
-
-from support.cli import pubctl_executable, run_inprocess, run_subprocess
+from support.cli import run_inprocess, run_subprocess, spawn
 from support.db import Database
+from support.workload import reference_state
 
 
 def seed(db: Database, questions: int = 3) -> None:
@@ -26,19 +24,6 @@ def seed(db: Database, questions: int = 3) -> None:
             " CASE WHEN g %% 2 = 0 THEN 'ready' ELSE 'draft' END FROM generate_series(1, %s) g",
             (questions,),
         )
-
-
-def reference_state(db: Database) -> dict[tuple[str, int], Any]:
-    """What the Python reference projection says should be published (live items)."""
-    items: dict[tuple[str, int], Any] = {}
-    with db.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
-        for row in cur.execute("SELECT * FROM study_topic"):
-            items.update({(i.kind, i.source_id): i.payload for i in topic_items(row) if i.payload})
-        for row in cur.execute("SELECT * FROM study_question"):
-            items.update(
-                {(i.kind, i.source_id): i.payload for i in question_items(row) if i.payload}
-            )
-    return items
 
 
 def feed_lines(
@@ -141,12 +126,7 @@ def test_status_reports_backlog_revs_and_disabled_capture(
 
 
 def start_worker(db: Database, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [pubctl_executable(), "--database-url", db.url, "worker", "--poll-interval", "0.5", *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn(db.url, "worker", "--poll-interval", "0.5", *extra, stderr=subprocess.PIPE)
 
 
 def stop_worker(worker: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:
@@ -195,6 +175,21 @@ def test_worker_applies_on_notify_and_stops_cleanly(pub_db: Database, sig: signa
         stop_worker(worker, signal.SIGKILL)
 
 
+def test_status_counts_every_running_worker(
+    capsys: pytest.CaptureFixture[str], pub_db: Database
+) -> None:
+    workers = [start_worker(pub_db), start_worker(pub_db)]
+    try:
+        wait_for(lambda: _workers(pub_db) == 2)
+        report = json.loads(
+            run_inprocess(capsys, "--database-url", pub_db.url, "status", "--json").out
+        )
+        assert report["workers_running"] == 2
+    finally:
+        for worker in workers:
+            assert stop_worker(worker)[0] == 0
+
+
 def _workers(db: Database) -> int:
     with db.connect() as conn:
         row = conn.execute(
@@ -238,11 +233,14 @@ def _backlog(db: Database) -> int:
 def test_feed_follow_tails_new_changes(pub_db: Database) -> None:
     seed(pub_db, 1)
     run_subprocess("--database-url", pub_db.url, "apply")
-    follower = subprocess.Popen(
-        [pubctl_executable(), "--database-url", pub_db.url, "feed", "--follow", "--after", "1"],
+    follower = spawn(
+        pub_db.url,
+        "feed",
+        "--follow",
+        "--after",
+        "1",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
     try:
         time.sleep(0.5)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from support.campaign_report import TOTALS
-from support.cli import pubctl_executable, run_subprocess
+from support.cli import run_subprocess, spawn
 from support.db import Database
 from support.workload import Reader, Writers, install_churn_audit, reference_state, unchanged_revs
 
@@ -62,12 +62,7 @@ def _pubctl(db: Database, *args: str) -> subprocess.Popen[str]:
     with LOG.open("a") as log:
         log.write(f"--- pubctl {' '.join(args)}\n")
         log.flush()
-        return subprocess.Popen(
-            [pubctl_executable(), "--database-url", db.url, *args],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            text=True,
-        )
+        return spawn(db.url, *args, stderr=log)
 
 
 def _seed_existing_rows(db: Database, rng: random.Random) -> None:
@@ -254,12 +249,7 @@ def test_worker_killed_between_its_apply_and_its_commit(
     env = dict(os.environ)
     if server_notices:
         env["PGOPTIONS"] = "-c client_connection_check_interval=100"
-    worker = subprocess.Popen(
-        [pubctl_executable(), "--database-url", pub_db.url, "worker", "--poll-interval", "0.2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    worker = spawn(pub_db.url, "worker", "--poll-interval", "0.2", env=env)
     pausing = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
         " AND wait_event = 'PgSleep'"

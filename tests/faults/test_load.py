@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from pubctl.feed import read
 
 from support.campaign_report import TOTALS
-from support.cli import pubctl_executable
+from support.cli import spawn
 from support.db import Database
 from support.workload import Reader, Writers, install_churn_audit, reference_state, unchanged_revs
 
@@ -60,11 +59,7 @@ def test_backlog_stays_bounded_under_load(pub_db: Database, tmp_path: Path) -> N
     log = tmp_path / "worker.log"
     with log.open("w") as log_file:
         worker_started = time.monotonic()
-        worker = subprocess.Popen(
-            [pubctl_executable(), "--database-url", pub_db.url, "worker"],
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
+        worker = spawn(pub_db.url, "worker", stderr=log_file)
     latencies: list[float] = []
     backlog: list[int] = []
     stop_probe = threading.Event()

@@ -11,12 +11,10 @@ import time
 from typing import Any
 
 import pytest
-from psycopg.rows import dict_row
 
-from pubctl.projection import question_items, topic_items
-
-from support.cli import pubctl_executable, run_inprocess, run_subprocess
+from support.cli import run_inprocess, run_subprocess, spawn
 from support.db import Database
+from support.workload import reference_state
 
 
 def seed(db: Database, questions: int, *, publishing: bool = False) -> None:
@@ -43,18 +41,6 @@ def published(db: Database) -> dict[tuple[str, int], Any]:
             "SELECT kind, source_id, payload FROM pub.content WHERE NOT deleted"
         ).fetchall()
     return {(k, s): p for k, s, p in rows}
-
-
-def reference(db: Database) -> dict[tuple[str, int], Any]:
-    items: dict[tuple[str, int], Any] = {}
-    with db.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
-        for row in cur.execute("SELECT * FROM study_topic"):
-            items.update({(i.kind, i.source_id): i.payload for i in topic_items(row) if i.payload})
-        for row in cur.execute("SELECT * FROM study_question"):
-            items.update(
-                {(i.kind, i.source_id): i.payload for i in question_items(row) if i.payload}
-            )
-    return items
 
 
 def without_topics(items: dict[tuple[str, int], Any]) -> dict[tuple[str, int], Any]:
@@ -92,7 +78,7 @@ def test_backfill_publishes_rows_that_existed_before(
     assert [r["state"] for r in results] == ["finished", "finished"]
     assert [r["rows"] for r in results] == [3, 1000]
     apply_all(pub_db)
-    assert published(pub_db) == reference(pub_db)
+    assert published(pub_db) == reference_state(pub_db)
     assert_verify_clean(capsys, pub_db)
     again = backfill(capsys, pub_db, "all")
     with pub_db.connect() as conn:
@@ -120,7 +106,7 @@ def test_backfill_tombstones_what_changed_while_publishing_was_off(
         conn.execute("UPDATE pub.settings SET publishing_enabled = true")
     backfill(capsys, pub_db, "all", "--batch-size", "7")
     apply_all(pub_db)
-    assert published(pub_db) == reference(pub_db)
+    assert published(pub_db) == reference_state(pub_db)
     assert_verify_clean(capsys, pub_db)
     with pub_db.connect() as conn:
         tombstones = conn.execute(
@@ -156,7 +142,7 @@ def test_row_updated_while_a_page_reads_it_ends_at_its_newest_payload(
     assert blocked_for and blocked_for[0] >= 0.4
     apply_all(pub_db)
     assert published(pub_db)[("question", 4)]["body"] == "v2"
-    assert published(pub_db) == without_topics(reference(pub_db))
+    assert published(pub_db) == without_topics(reference_state(pub_db))
     assert_verify_clean(capsys, pub_db, "question", "explanation")
 
 
@@ -230,7 +216,7 @@ def test_backfill_beside_concurrent_writers(
             t.join(30)
     assert not errors, errors
     apply_all(pub_db)
-    ref = reference(pub_db)
+    ref = reference_state(pub_db)
     assert {k: v for k, v in published(pub_db).items() if k[0] != "topic"} == {
         k: v for k, v in ref.items() if k[0] != "topic"
     }
@@ -241,19 +227,7 @@ def test_resume_after_a_killed_backfill(
     capsys: pytest.CaptureFixture[str], pub_db: Database
 ) -> None:
     seed(pub_db, 60000)
-    proc = subprocess.Popen(
-        [
-            pubctl_executable(),
-            "--database-url",
-            pub_db.url,
-            "backfill",
-            "questions",
-            "--batch-size",
-            "1000",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn(pub_db.url, "backfill", "questions", "--batch-size", "1000")
     with pub_db.connect() as conn:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -286,7 +260,7 @@ def test_resume_after_a_killed_backfill(
         "resumes after the last committed page, re-reads nothing"
     )
     apply_all(pub_db)
-    assert published(pub_db) == without_topics(reference(pub_db))
+    assert published(pub_db) == without_topics(reference_state(pub_db))
 
 
 def test_max_rows_stops_exactly_and_resume_continues(
@@ -358,21 +332,16 @@ def test_backfill_refuses_while_publishing_is_off(
 
 def test_max_backlog_waits_for_the_applier(pub_db: Database) -> None:
     seed(pub_db, 300)
-    proc = subprocess.Popen(
-        [
-            pubctl_executable(),
-            "--database-url",
-            pub_db.url,
-            "backfill",
-            "questions",
-            "--batch-size",
-            "100",
-            "--max-backlog",
-            "100",
-        ],
+    proc = spawn(
+        pub_db.url,
+        "backfill",
+        "questions",
+        "--batch-size",
+        "100",
+        "--max-backlog",
+        "100",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
     time.sleep(2.0)
     assert proc.poll() is None, "paused while the backlog is above --max-backlog"

@@ -11,7 +11,7 @@ import pytest
 
 from pubctl import status
 
-from support.cli import pubctl_executable
+from support.cli import spawn
 from support.db import Database
 from support.workload import (
     Reader,
@@ -25,20 +25,8 @@ from support.workload import (
 def test_writers_worker_and_reader_agree(pub_db: Database) -> None:
     with pub_db.connect() as conn:
         conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'Anatomy')")
-    worker = subprocess.Popen(
-        [
-            pubctl_executable(),
-            "--database-url",
-            pub_db.url,
-            "worker",
-            "--poll-interval",
-            "0.2",
-            "--batch-size",
-            "50",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    worker = spawn(
+        pub_db.url, "worker", "--poll-interval", "0.2", "--batch-size", "50", stderr=subprocess.PIPE
     )
     install_churn_audit(pub_db)
     reader = Reader(pub_db)
@@ -72,12 +60,7 @@ def test_worker_survives_a_database_restart(pub_db: Database) -> None:
         pytest.skip("needs the throwaway server, which the test can restart")
     with pub_db.connect() as conn:
         conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'Anatomy')")
-    worker = subprocess.Popen(
-        [pubctl_executable(), "--database-url", pub_db.url, "worker", "--poll-interval", "0.2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = spawn(pub_db.url, "worker", "--poll-interval", "0.2", stderr=subprocess.PIPE)
     try:
         with pub_db.connect() as conn:
             deadline = time.monotonic() + 20

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,23 @@ def run_inprocess(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
 def pubctl_executable() -> str:
     """The ``pubctl`` console script of the environment running the tests."""
     return os.path.join(os.path.dirname(sys.executable), "pubctl")
+
+
+def spawn(
+    url: str,
+    *args: str,
+    stdout: Any = subprocess.DEVNULL,
+    stderr: Any = subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``pubctl --database-url URL ARGS`` in the background (text mode)."""
+    return subprocess.Popen(
+        [pubctl_executable(), "--database-url", url, *args],
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        text=True,
+    )
 
 
 def run_subprocess(
