@@ -29,15 +29,22 @@ CREATE TABLE pub.content (
 COMMENT ON TABLE pub.content IS
     'The published state: one row per item, its newest payload or tombstone and the rev of its last real change. Read it through pub.feed().';
 
--- Feeds filtered by kind walk this index instead of every rev.
-CREATE INDEX content_kind_rev_idx ON pub.content (kind, rev);
+-- A feed filtered by kind reads its kinds' ranges of these (see pub.feed).
+CREATE INDEX content_topic_rev_idx ON pub.content (rev) WHERE kind = 'topic';
+CREATE INDEX content_question_rev_idx ON pub.content (rev) WHERE kind = 'question';
+CREATE INDEX content_explanation_rev_idx ON pub.content (rev) WHERE kind = 'explanation';
 
 -- The one counter revs come from, across all kinds. A row, not a sequence: it is
 -- transactional, so a failed batch leaves no gap, and updating it is one more
 -- guarantee that two batches never interleave.
+--
+-- feed_id is the identity of the published state, born with it: a viewer whose saved
+-- feed_id differs knows its cursor belongs to a published state that no longer
+-- exists, and starts again from rev 0.
 CREATE TABLE pub.rev_counter (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    last_rev  bigint NOT NULL DEFAULT 0
+    last_rev  bigint NOT NULL DEFAULT 0,
+    feed_id   uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid()
 );
 
 INSERT INTO pub.rev_counter DEFAULT VALUES;
@@ -47,6 +54,8 @@ INSERT INTO pub.rev_counter DEFAULT VALUES;
 -- (payload_hash, deleted) differs from what is published. A tombstone for an item
 -- that was never published is dropped. Consumed outbox rows are deleted in the same
 -- transaction, so a crash at any point either applies a batch whole or not at all.
+-- A batch that published something notifies 'pubctl_published' (payload: the new last
+-- rev), delivered when it commits: what `pubctl serve`'s long-polls wait for.
 CREATE FUNCTION pub.apply_batch(
     max_rows integer,
     OUT consumed bigint, OUT changed bigint, OUT unchanged bigint, OUT dropped bigint
@@ -120,6 +129,10 @@ BEGIN
            count(*) FILTER (WHERE j.verdict = 'dropped')
     INTO consumed, changed, unchanged, dropped
     FROM judged AS j;
+
+    IF changed > 0 THEN
+        PERFORM pg_notify('pubctl_published', (SELECT r.last_rev::text FROM pub.rev_counter AS r));
+    END IF;
 END;
 $$;
 
@@ -127,6 +140,16 @@ REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
 
 -- The feed: item changes in rev order, for viewers. SECURITY DEFINER so that a
 -- reader role needs nothing but USAGE on schema pub and EXECUTE on this function.
+--
+-- Filtered by kind, it reads index ranges: one range of each wanted kind's partial rev
+-- index, merged by rev, so a page of a rare kind never walks the revs of the others.
+-- (With one (kind, rev) index the planner preferred the rev index plus a filter for
+-- kinds its statistics call common, which walks every other kind's revs when the
+-- recent ones are of another kind; a partial index is always cheaper than that filter.
+-- Each row is in exactly one of them: the applier writes no more index entries.)
+-- Without kinds it is one range of the rev index. Each branch is switched on or
+-- off by the parameters alone (a one-time filter), so one plan serves every call. The
+-- three kinds are the ones pub.content's CHECK constraint allows.
 CREATE FUNCTION pub.feed(after_rev bigint, max_rows integer DEFAULT 1000, kinds text[] DEFAULT NULL)
     RETURNS TABLE (
         rev bigint, kind text, pub_id uuid, source_id bigint, payload jsonb,
@@ -135,13 +158,56 @@ CREATE FUNCTION pub.feed(after_rev bigint, max_rows integer DEFAULT 1000, kinds 
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT c.rev, c.kind, c.pub_id, c.source_id, c.payload, c.payload_hash,
-           c.schema_version, c.deleted
-    FROM pub.content AS c
-    WHERE c.rev > COALESCE(feed.after_rev, 0)
-      AND (feed.kinds IS NULL OR c.kind = ANY (feed.kinds))
-    ORDER BY c.rev
+    SELECT f.rev, f.kind, f.pub_id, f.source_id, f.payload, f.payload_hash,
+           f.schema_version, f.deleted
+    FROM (
+        (SELECT c.* FROM pub.content AS c
+         WHERE feed.kinds IS NULL AND c.rev > COALESCE(feed.after_rev, 0)
+         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
+        UNION ALL
+        (SELECT c.* FROM pub.content AS c
+         WHERE 'topic' = ANY (feed.kinds) AND c.kind = 'topic'
+           AND c.rev > COALESCE(feed.after_rev, 0)
+         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
+        UNION ALL
+        (SELECT c.* FROM pub.content AS c
+         WHERE 'question' = ANY (feed.kinds) AND c.kind = 'question'
+           AND c.rev > COALESCE(feed.after_rev, 0)
+         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
+        UNION ALL
+        (SELECT c.* FROM pub.content AS c
+         WHERE 'explanation' = ANY (feed.kinds) AND c.kind = 'explanation'
+           AND c.rev > COALESCE(feed.after_rev, 0)
+         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
+    ) AS f
+    ORDER BY f.rev
     LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0);
 END;
 
 REVOKE ALL ON FUNCTION pub.feed(bigint, integer, text[]) FROM PUBLIC;
+
+-- The identity of the published state (see pub.rev_counter), for feed readers.
+CREATE FUNCTION pub.feed_id() RETURNS uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT r.feed_id FROM pub.rev_counter AS r;
+END;
+
+REVOKE ALL ON FUNCTION pub.feed_id() FROM PUBLIC;
+
+-- What a health check needs, for a role that may read the feed and nothing else:
+-- the migration revision (compared with the revision the reader's code expects), the
+-- feed identity and the last rev. Read-only; plpgsql so that it may name
+-- pub.alembic_version, which Alembic creates, not this file.
+CREATE FUNCTION pub.health(OUT revision text, OUT feed_id uuid, OUT last_rev bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT v.version_num INTO revision FROM pub.alembic_version AS v;
+    SELECT r.feed_id, r.last_rev INTO feed_id, last_rev FROM pub.rev_counter AS r;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.health() FROM PUBLIC;

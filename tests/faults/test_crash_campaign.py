@@ -117,6 +117,18 @@ def _wait_for_a_batch(db: Database, seconds: float) -> int:
     return 0
 
 
+def _worker_joined(db: Database) -> bool:
+    """Whether a worker holds its presence lock (it has connected and will apply)."""
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = (8103491283817594883 >> 32)::oid"
+            " AND objid = (8103491283817594883 & 4294967295)::oid"
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def crash_run(db: Database, seed: int, seconds: float) -> RunReport:
     """One randomized run; returns what it observed."""
     rng = random.Random(seed)
@@ -137,9 +149,14 @@ def crash_run(db: Database, seed: int, seconds: float) -> RunReport:
             while time.monotonic() < deadline:
                 reader.poll()
                 time.sleep(rng.uniform(0.02, 0.15))
-                # A worker needs about half a second to start: killing younger ones
-                # would mostly kill interpreters, not workers.
-                if time.monotonic() - worker_started > 0.8 and rng.random() < 0.25:
+                # A worker needs about half a second to start (more on a loaded
+                # machine): killing one that has not yet joined the database would
+                # kill an interpreter, not a worker.
+                if (
+                    time.monotonic() - worker_started > 0.8
+                    and _worker_joined(db)
+                    and rng.random() < 0.25
+                ):
                     assert worker.poll() is None, "the worker died on its own"
                     # Aim at a batch in progress when there is one soon (a batch
                     # takes milliseconds); otherwise the kill lands between batches.
