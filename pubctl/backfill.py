@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from pubctl import capture
 from pubctl.errors import PubctlError
 from pubctl.queries import query
 
@@ -22,6 +23,10 @@ SOURCES = {"topics": "study_topic", "questions": "study_question"}
 # keeping each page's row locks to a fraction of a second (see BENCHMARKS.md).
 DEFAULT_PAGE_SIZE = 5000
 BACKLOG_POLL_S = 1.0
+# A page that must tombstone items whose rows are gone takes a SHARE lock on the table
+# for a moment (see pub.backfill_page), waiting at most 2 s for writers in flight;
+# when a long transaction keeps it from that, the page is tried again this many times.
+PAGE_LOCK_ATTEMPTS = 5
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -37,6 +42,7 @@ class Options:
     resume: bool = False
     dry_run: bool = False
     include_deleted: bool = False
+    wait_timeout_s: float = capture.DEFAULT_WAIT_TIMEOUT_S
 
 
 @dataclass
@@ -68,6 +74,7 @@ class Progress:
     estimate: int
     elapsed: float
     waiting: bool = False
+    waiting_for: str = ""
 
 
 @dataclass
@@ -106,7 +113,25 @@ class Backfill:
                 hint="run `pubctl enable` first, then backfill",
             )
         self._app_schema = str(settings[1])
+        # Pages read their rows at READ COMMITTED (pub.backfill_page refuses anything
+        # else), whatever the role's or database's default isolation is.
+        self.conn.execute(query("read_committed"))
+        if not self.options.dry_run:
+            # Writes made while publishing was off by transactions still open would be
+            # committed after the pages read past them: wait until they end.
+            capture.wait_for_unpublished_writers(
+                self.conn, self.options.wait_timeout_s, self._report_unpublished_writers
+            )
         return [self._one(SOURCES[target]) for target in targets]
+
+    def _report_unpublished_writers(
+        self, writers: list[capture.UnpublishedWriter], waited: float
+    ) -> None:
+        names = "; ".join(w.describe() for w in writers)
+        self.on_progress(
+            Progress("", 0, 0, 0, 0, waited, waiting=True,
+                     waiting_for=f"transactions that wrote while publishing was off: {names}")
+        )  # fmt: skip
 
     def _one(self, source: str) -> SourceResult:
         row = self.conn.execute(query("backfill_lock"), {"source": source}).fetchone()
@@ -154,18 +179,8 @@ class Backfill:
             if page_size <= 0:
                 return "stopped"
             result.waited_for_backlog_s += self._wait_for_backlog(source, result, estimate, started)
-            row = self.conn.execute(
-                query("backfill_page"),
-                {
-                    "source": source,
-                    "after_id": result.last_id,
-                    "page_size": page_size,
-                    "include_deleted": opts.include_deleted,
-                    "dry_run": opts.dry_run,
-                },
-            ).fetchone()
-            assert row is not None
-            rows_read, last_id, enqueued = int(row[0]), row[1], int(row[2])
+            row = self._page(source, result.last_id, page_size)
+            rows_read, last_id, enqueued, finished = int(row[0]), row[1], int(row[2]), row[3]
             self.budget.spend(rows_read)
             result.rows += rows_read
             result.enqueued += enqueued
@@ -176,8 +191,36 @@ class Backfill:
                 Progress(source, result.rows, result.enqueued, result.pages, estimate,
                          time.monotonic() - started)
             )  # fmt: skip
-            if rows_read < page_size:
+            if finished:
                 return "finished"
+
+    def _page(self, source: str, after_id: int, page_size: int) -> tuple[Any, ...]:
+        """One page; tried again when its table lock for tombstones had to give way."""
+        opts = self.options
+        for attempt in range(1, PAGE_LOCK_ATTEMPTS + 1):
+            try:
+                row = self.conn.execute(
+                    query("backfill_page"),
+                    {
+                        "source": source,
+                        "after_id": after_id,
+                        "page_size": page_size,
+                        "include_deleted": opts.include_deleted,
+                        "dry_run": opts.dry_run,
+                    },
+                ).fetchone()
+                assert row is not None
+                return tuple(row)
+            except psycopg.errors.LockNotAvailable:
+                if attempt == PAGE_LOCK_ATTEMPTS:
+                    raise PubctlError(
+                        f"could not lock {source} to tombstone the items of deleted rows "
+                        f"after id {after_id}, {attempt} times: a long transaction is "
+                        "writing to it",
+                        hint="find it in pg_stat_activity, then `pubctl backfill --resume`",
+                    ) from None
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+        raise AssertionError("unreachable")
 
     def _wait_for_backlog(
         self, source: str, result: SourceResult, estimate: int, started: float

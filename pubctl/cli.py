@@ -18,14 +18,14 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from pubctl import __version__, db, migrate, progress, status
+from pubctl import __version__, capture, db, migrate, progress, status
 from pubctl import apply as applier
 from pubctl import backfill as backfiller
 from pubctl import feed as feed_reader
 from pubctl import verify as verifier
 from pubctl import worker as worker_loop
 from pubctl.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_USAGE, PubctlError
-from pubctl.queries import query, read_sql_file
+from pubctl.queries import read_sql_file
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -174,29 +174,49 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(status.render(report))
 
 
-def _set_publishing(ctx: click.Context, enabled: bool) -> None:
-    settings = _settings(ctx)
-    with db.connect(settings.url) as conn:
-        migrate.require_current(conn, settings.url)
-        conn.execute(query("set_publishing"), {"enabled": enabled})
-    state = "on" if enabled else "off"
-    click.echo(f"publishing is {state} for {db.describe(settings.url)}")
-    if enabled:
-        click.echo("run `pubctl backfill all` to publish what changed while it was off")
+WAIT_TIMEOUT = click.option(
+    "--wait-timeout",
+    type=SecondsRange(min=0, max=86400),
+    default=capture.DEFAULT_WAIT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for transactions that wrote while publishing was off to end.",
+)
+
+
+def _report_unpublished_writers(writers: list[capture.UnpublishedWriter], waited: float) -> None:
+    click.echo(
+        f"  waiting {waited:.0f}s for {len(writers)} open transaction(s) that wrote while "
+        "publishing was off: " + "; ".join(w.describe() for w in writers),
+        err=True,
+    )
 
 
 @cli.command("enable")
+@WAIT_TIMEOUT
 @click.pass_context
-def enable_cmd(ctx: click.Context) -> None:
-    """Switch publishing on: writes to the application's tables reach the outbox."""
-    _set_publishing(ctx, True)
+def enable_cmd(ctx: click.Context, wait_timeout: float) -> None:
+    """Switch publishing on: writes to the application's tables reach the outbox.
+
+    Then waits until every transaction that wrote while publishing was off has ended,
+    so that a backfill started afterwards sees their writes."""
+    settings = _settings(ctx)
+    with db.connect(settings.url, autocommit=True) as conn:
+        migrate.require_current(conn, settings.url)
+        capture.set_publishing(conn, True)
+        click.echo(f"publishing is on for {db.describe(settings.url)}")
+        capture.wait_for_unpublished_writers(conn, wait_timeout, _report_unpublished_writers)
+    click.echo("run `pubctl backfill all` to publish what changed while it was off")
 
 
 @cli.command("disable")
 @click.pass_context
 def disable_cmd(ctx: click.Context) -> None:
     """Switch publishing off: writes add nothing to the outbox until `enable`."""
-    _set_publishing(ctx, False)
+    settings = _settings(ctx)
+    with db.connect(settings.url, autocommit=True) as conn:
+        migrate.require_current(conn, settings.url)
+        capture.set_publishing(conn, False)
+    click.echo(f"publishing is off for {db.describe(settings.url)}")
 
 
 KINDS = ("topic", "question", "explanation")
@@ -327,6 +347,7 @@ def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbos
     is_flag=True,
     help="Also enqueue tombstones for deleted rows (after losing the published state).",
 )
+@WAIT_TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def backfill_cmd(
@@ -339,6 +360,7 @@ def backfill_cmd(
     resume: bool,
     dry_run: bool,
     include_deleted: bool,
+    wait_timeout: float,
     as_json: bool,
 ) -> None:
     """Enqueue every existing row's current payload, in bounded, resumable pages."""
@@ -353,6 +375,7 @@ def backfill_cmd(
         resume=resume,
         dry_run=dry_run,
         include_deleted=include_deleted,
+        wait_timeout_s=wait_timeout,
     )
     targets = ["topics", "questions"] if target == "all" else [target]
     reporter = progress.BackfillReporter(live=None if not as_json else False)

@@ -26,6 +26,14 @@ class BackfillReporter:
         self._last_plain = 0.0
 
     def __call__(self, p: Progress) -> None:
+        if p.waiting_for:
+            # Before the first page: who the backfill waits for, at most every 5 seconds.
+            if time.monotonic() - self._last_plain > 5:
+                self._last_plain = time.monotonic()
+                self.close()
+                self.stream.write(f"waiting {p.elapsed:.0f}s for {p.waiting_for}\n")
+                self.stream.flush()
+            return
         rate = p.rows / p.elapsed if p.elapsed > 0 else 0.0
         total = max(p.estimate, p.rows)
         left = (total - p.rows) / rate if rate > 0 else 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import psycopg
+from psycopg.rows import dict_row
 
 from pubctl.queries import query
 
@@ -43,14 +44,17 @@ SOURCE_TABLES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
 def source_problems(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[str]:
     """Everything missing or wrong in the application's tables, one line each.
 
-    An empty list means the tables are fit for pubctl's triggers.
+    An empty list means the tables are fit for pubctl's triggers. The database holds the
+    same rules once pubctl is installed (``pub.source_shape_problems``), where status and
+    verify read them.
     """
-    rows = conn.execute(
-        query("source_columns"), {"schema": schema, "tables": list(SOURCE_TABLES)}
-    ).fetchall()
-    found: dict[str, dict[str, tuple[str, bool]]] = {}
-    for table, column, type_name, is_pk in rows:
-        found.setdefault(str(table), {})[str(column)] = (str(type_name), bool(is_pk))
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            query("source_columns"), {"schema": schema, "tables": list(SOURCE_TABLES)}
+        ).fetchall()
+    found: dict[str, dict[str, dict[str, object]]] = {}
+    for row in rows:
+        found.setdefault(str(row["table_name"]), {})[str(row["column_name"])] = row
     problems: list[str] = []
     for table, columns in SOURCE_TABLES.items():
         if table not in found:
@@ -60,12 +64,28 @@ def source_problems(conn: psycopg.Connection[tuple[object, ...]], schema: str) -
             if column not in found[table]:
                 problems.append(f"column {schema}.{table}.{column} is missing")
                 continue
-            type_name, is_pk = found[table][column]
+            type_name = str(found[table][column]["type_name"])
             if type_name not in allowed:
                 problems.append(
                     f"column {schema}.{table}.{column} is {type_name}, expected "
                     + " or ".join(allowed)
                 )
-            if column == "id" and not is_pk:
-                problems.append(f"column {schema}.{table}.id is not the primary key")
+        id_column = found[table].get("id")
+        if id_column is not None and not id_column["is_primary_key"]:
+            problems.append(f"column {schema}.{table}.id is not the primary key")
+        elif id_column is not None and id_column["deferrable_key"]:
+            problems.append(
+                f"the primary key of {schema}.{table} is DEFERRABLE: one statement could swap "
+                "two ids, which row-by-row capture cannot publish correctly"
+            )
+        any_column = next(iter(found[table].values()))
+        if any_column["relkind"] == "p":
+            problems.append(
+                f"{schema}.{table} is partitioned: writes to a partition itself would bypass "
+                "capture"
+            )
+        elif any_column["has_children"]:
+            problems.append(
+                f"{schema}.{table} has inheritance children: writes to them would bypass capture"
+            )
     return problems

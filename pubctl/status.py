@@ -6,16 +6,8 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from pubctl import __version__, db, migrate
+from pubctl import __version__, capture, db, migrate
 from pubctl.queries import query
-
-EXPECTED_TRIGGERS = (
-    "pub_capture_delete",
-    "pub_capture_insert",
-    "pub_capture_update",
-    "pub_refuse_truncate",
-)
-SOURCE_TABLES = ("study_question", "study_topic")
 
 
 def collect(url: str) -> dict[str, Any]:
@@ -24,19 +16,11 @@ def collect(url: str) -> dict[str, Any]:
         revision = migrate.require_current(conn, url)
         settings = conn.execute(query("settings")).fetchone()
         assert settings is not None
-        publishing, app_schema, changed_at = settings
-        triggers = conn.execute(query("status_triggers"), {"schema": app_schema}).fetchall()
+        publishing, app_schema, changed_at = settings[:3]
+        problems = [p for p in capture.problems(conn) if not p.is_switch]
         with conn.cursor(row_factory=dict_row) as cur:
             numbers = cur.execute(query("status_publishing")).fetchone()
         assert numbers is not None
-    found = {(str(t), str(g)): bool(e) for t, g, e in triggers}
-    capture = {
-        f"{table}.{trigger}": ("enabled" if found[(table, trigger)] else "disabled")
-        if (table, trigger) in found
-        else "missing"
-        for table in SOURCE_TABLES
-        for trigger in EXPECTED_TRIGGERS
-    }
     oldest = numbers["oldest_backlog_age_s"]
     last_apply = numbers["last_apply_age_s"]
     oldest_writer = numbers["oldest_open_writer_age_s"]
@@ -48,8 +32,8 @@ def collect(url: str) -> dict[str, Any]:
         "app_schema": app_schema,
         "publishing_enabled": bool(publishing),
         "publishing_changed_at": changed_at,
-        "triggers": capture,
-        "capture_ok": all(state == "enabled" for state in capture.values()),
+        "capture_ok": not problems,
+        "capture_problems": [{"subject": p.subject, "problem": p.problem} for p in problems],
         "outbox_backlog": int(numbers["backlog"]),
         "outbox_oldest_age_s": round(float(oldest), 3) if oldest is not None else None,
         "last_rev": int(numbers["last_rev"]),
@@ -68,7 +52,7 @@ def render(report: dict[str, Any]) -> str:
     """The human form of the report."""
     revision = report["revision"]
     head = report["head_revision"]
-    bad = [name for name, state in report["triggers"].items() if state != "enabled"]
+    problems = report["capture_problems"]
     oldest = report["outbox_oldest_age_s"]
     items = report["items"]
     item_text = ", ".join(
@@ -83,9 +67,9 @@ def render(report: dict[str, Any]) -> str:
         f" (since {report['publishing_changed_at']})",
         "capture:         "
         + (
-            "all 8 triggers enabled"
-            if not bad
-            else "NOT CAPTURING: " + ", ".join(f"{name} {report['triggers'][name]}" for name in bad)
+            "ok (all 8 triggers as attached, nothing bypasses them)"
+            if not problems
+            else "NOT CAPTURING: " + "; ".join(f"{p['subject']}: {p['problem']}" for p in problems)
         ),
         f"outbox backlog:  {report['outbox_backlog']} rows"
         + (f", oldest {oldest:.1f}s old" if oldest is not None else ""),

@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from pubctl import status
+from pubctl import capture
 from pubctl.projection import (
     KINDS,
     PayloadRuleError,
@@ -47,6 +47,7 @@ CATEGORIES = (
     "pending",
 )
 NOT_DRIFT = {"pending"}
+SOURCES = ("study_topic", "study_question")
 SOURCE_OF_KIND = {
     "topic": "study_topic",
     "question": "study_question",
@@ -116,31 +117,15 @@ class Report:
         }
 
 
-def _check_capture(conn: Conn, report: Report) -> None:
-    settings = conn.execute(query("settings")).fetchone()
-    assert settings is not None
-    enabled, app_schema = bool(settings[0]), str(settings[1])
-    if not enabled:
-        report.add(Finding("capture_bypassed", "capture", None, "publishing is switched off"))
-    found = {
-        (str(t), str(g)): bool(e)
-        for t, g, e in conn.execute(query("status_triggers"), {"schema": app_schema})
-    }
-    for table in status.SOURCE_TABLES:
-        for trigger in status.EXPECTED_TRIGGERS:
-            state = found.get((table, trigger))
-            if state is None:
-                report.add(
-                    Finding("capture_bypassed", "capture", None, f"{table}.{trigger} is missing")
-                )
-            elif not state:
-                report.add(
-                    Finding("capture_bypassed", "capture", None, f"{table}.{trigger} is disabled")
-                )
-    role = conn.execute(query("verify_replication_role")).fetchone()
-    if role and (role[0] != "origin" or role[1]):
-        detail = f"session_replication_role is {role[0]}" + (f" ({role[1]})" if role[1] else "")
-        report.add(Finding("capture_bypassed", "capture", None, detail + ": triggers do not fire"))
+def _check_capture(conn: Conn, report: Report) -> set[str]:
+    """Report every way capture can miss writes; return the source tables whose columns
+    cannot be projected safely (their comparison is skipped)."""
+    unsafe: set[str] = set()
+    for problem in capture.problems(conn):
+        report.add(Finding("capture_bypassed", "capture", None, str(problem)))
+        if problem.subject in SOURCES and problem.problem.startswith(("column ", "table ")):
+            unsafe.add(problem.subject)
+    return unsafe
 
 
 def _ranges(conn: Conn, source: str, page_size: int) -> Iterator[tuple[int, int | None]]:
@@ -335,9 +320,9 @@ def verify(
     """Run every check; ``conn`` must be in autocommit mode."""
     wanted = set(kinds or KINDS)
     report = Report(limit=limit_report, fail_on_pending=fail_on_pending)
-    _check_capture(conn, report)
-    for source in ("study_topic", "study_question"):
-        if not any(SOURCE_OF_KIND[k] == source for k in wanted):
+    unsafe = _check_capture(conn, report)
+    for source in SOURCES:
+        if source in unsafe or not any(SOURCE_OF_KIND[k] == source for k in wanted):
             continue
         for lo, hi in _ranges(conn, source, page_size):
             try:

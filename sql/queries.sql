@@ -2,19 +2,20 @@
 -- Parameters are psycopg named placeholders.
 
 -- name: source_columns
--- The columns of the application's tables, with their types and whether the column
--- is the whole primary key.
-SELECT c.relname::text,
-       a.attname::text,
-       a.atttypid::regtype::text,
-       EXISTS (
-           SELECT 1
-           FROM pg_catalog.pg_constraint k
-           WHERE k.conrelid = c.oid AND k.contype = 'p' AND k.conkey = ARRAY[a.attnum]
-       )
+-- The columns of the application's tables, with their types, whether the column is
+-- the whole primary key (and that key DEFERRABLE), and what kind of table holds it.
+SELECT c.relname::text AS table_name,
+       a.attname::text AS column_name,
+       a.atttypid::regtype::text AS type_name,
+       k.oid IS NOT NULL AS is_primary_key,
+       COALESCE(k.condeferrable, false) AS deferrable_key,
+       c.relkind::text AS relkind,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) AS has_children
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_catalog.pg_constraint k
+       ON k.conrelid = c.oid AND k.contype = 'p' AND k.conkey = ARRAY[a.attnum]
 WHERE n.nspname = %(schema)s
   AND c.relname = ANY (%(tables)s)
   AND c.relkind IN ('r', 'p');
@@ -32,10 +33,35 @@ SELECT publishing_enabled, app_schema::text, changed_at
 FROM pub.settings;
 
 -- name: set_publishing
-UPDATE pub.settings
-SET publishing_enabled = %(enabled)s,
-    changed_at = pg_catalog.now()
-RETURNING publishing_enabled;
+SELECT pub.set_publishing(%(enabled)s) AS epoch;
+
+-- name: unpublished_writers_lock
+-- Waits until no transaction that wrote while publishing was off is still open: each
+-- holds this key shared until it ends (pub.unpublished_write_allowed). The key is
+-- "pubctl" in ASCII followed by 0006. Run with a lock_timeout; released at once.
+SELECT pg_catalog.pg_advisory_xact_lock(8103491283817594886);
+
+-- name: unpublished_writers
+-- The sessions still holding that key: open transactions that wrote while publishing
+-- was off. Their state and start are visible with pg_read_all_stats (pg_monitor) or to
+-- their own role.
+SELECT l.pid, a.usename::text AS usename, a.application_name, a.state,
+       EXTRACT(EPOCH FROM pg_catalog.now() - a.xact_start) AS open_for_s
+FROM pg_catalog.pg_locks AS l
+LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock'
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                    WHERE datname = pg_catalog.current_database())
+  AND l.classid = (8103491283817594886 >> 32)::oid
+  AND l.objid = (8103491283817594886 & 4294967295)::oid
+  AND l.objsubid = 1
+ORDER BY l.pid;
+
+-- name: read_committed
+SET default_transaction_isolation = 'read committed';
+
+-- name: capture_problems
+SELECT subject, problem FROM pub.capture_problems();
 
 -- name: has_settings_table
 SELECT pg_catalog.to_regclass('pub.settings') IS NOT NULL;
@@ -115,20 +141,6 @@ SELECT
        AND l.mode = 'RowExclusiveLock' AND l.granted
        AND l.pid <> pg_catalog.pg_backend_pid()) AS oldest_open_writer_age_s;
 
--- name: status_triggers
--- pubctl's triggers on the application's tables and whether each fires.
-SELECT c.relname::text AS table_name, t.tgname::text AS trigger_name,
-       -- 'O' fires in origin (normal) sessions, 'A' always; 'R' (ENABLE REPLICA
-       -- TRIGGER) fires only under session_replication_role = replica, 'D' never.
-       t.tgenabled IN ('O', 'A') AS enabled
-FROM pg_catalog.pg_trigger t
-JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %(schema)s
-  AND c.relname IN ('study_topic', 'study_question')
-  AND t.tgname LIKE 'pub\_%%'
-ORDER BY 1, 2;
-
 -- name: backfill_lock
 -- One backfill per source table at a time (session level, released on disconnect).
 -- Keys: "pubctl" in ASCII followed by 0004 (topics) or 0005 (questions).
@@ -156,7 +168,7 @@ UPDATE pub.backfill_runs SET state = %(state)s, updated_at = pg_catalog.now()
 WHERE source = %(source)s;
 
 -- name: backfill_page
-SELECT rows_read, last_id, enqueued
+SELECT rows_read, last_id, enqueued, finished
 FROM pub.backfill_page(%(source)s, %(after_id)s, %(page_size)s, %(include_deleted)s, %(dry_run)s);
 
 -- name: backfill_estimate
@@ -191,17 +203,6 @@ JOIN unnest(%(kinds)s::text[], %(source_ids)s::bigint[]) AS i(kind, source_id)
 
 -- name: tombstone_hash
 SELECT pub.payload_hash('{}');
-
--- name: verify_replication_role
--- The session_replication_role a new session of this database gets, and any
--- database-level override of it ('replica' makes every trigger of ours silent).
-SELECT pg_catalog.current_setting('session_replication_role'),
-       (SELECT pg_catalog.array_to_string(d.setconfig, ', ')
-        FROM pg_catalog.pg_db_role_setting d
-        WHERE d.setdatabase = (SELECT oid FROM pg_catalog.pg_database
-                               WHERE datname = pg_catalog.current_database())
-          AND d.setrole = 0
-          AND pg_catalog.array_to_string(d.setconfig, ',') LIKE '%%session_replication_role%%');
 
 -- name: verify_pending
 SELECT count(*) FROM pub.outbox WHERE kind = ANY (%(kinds)s);

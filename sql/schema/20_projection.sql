@@ -166,3 +166,227 @@ CREATE FUNCTION pub.payload_hash(canonical text) RETURNS text
 BEGIN ATOMIC
     SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(canonical, 'UTF8')), 'hex');
 END;
+
+-- The shape of the application's tables that the projection relies on: the column
+-- types each projected column may have. `pubctl migrate` refuses anything else, and
+-- capture, backfill and verify check it again when they run, because a table owner
+-- can rename a column and add another of the same name and any type later. A type of
+-- the owner's making could carry an implicit cast or an operator, which would then run
+-- inside capture with the capture functions' rights; built-in types carry only
+-- built-in casts and operators. (pubctl.source.SOURCES is the same registry in Python;
+-- a test holds the two equal.)
+CREATE FUNCTION pub.source_columns(source text)
+    RETURNS TABLE (column_name text, allowed_types regtype[])
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT v.column_name, v.allowed_types
+    FROM (VALUES
+        ('study_topic', 'id', '{smallint,integer,bigint}'::regtype[]),
+        ('study_topic', 'name', '{text,character varying}'::regtype[]),
+        ('study_topic', 'exam_round_size', '{smallint,integer}'::regtype[]),
+        ('study_topic', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[]),
+        ('study_question', 'id', '{smallint,integer,bigint}'::regtype[]),
+        ('study_question', 'topic_id', '{smallint,integer,bigint}'::regtype[]),
+        ('study_question', 'exam_name', '{text,character varying}'::regtype[]),
+        ('study_question', 'exam_round', '{smallint,integer}'::regtype[]),
+        ('study_question', 'number', '{smallint,integer}'::regtype[]),
+        ('study_question', 'body', '{text,character varying}'::regtype[]),
+        ('study_question', 'choices', '{jsonb}'::regtype[]),
+        ('study_question', 'answer', '{smallint,integer}'::regtype[]),
+        ('study_question', 'explanation', '{text,character varying}'::regtype[]),
+        ('study_question', 'explanation_status', '{text,character varying}'::regtype[]),
+        ('study_question', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[])
+    ) AS v(source, column_name, allowed_types)
+    WHERE v.source = source_columns.source;
+END;
+
+-- What stops the projection from reading a source table safely, one line each, read
+-- from the catalog: a missing table or column, or a projected column of another type.
+CREATE FUNCTION pub.source_column_problems(source text) RETURNS SETOF text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
+    rel oid := (SELECT c.oid FROM pg_catalog.pg_class AS c
+                JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE n.nspname = app AND c.relname = source AND c.relkind IN ('r', 'p'));
+BEGIN
+    IF rel IS NULL THEN
+        RETURN NEXT format('table %I.%I is missing', app, source);
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT CASE
+                   WHEN a.atttypid IS NULL
+                       THEN format('column %I.%I.%I is missing', app, source, s.column_name)
+                   ELSE format('column %I.%I.%I is %s, expected %s', app, source,
+                               s.column_name, a.atttypid::regtype,
+                               array_to_string(s.allowed_types, ' or '))
+               END
+        FROM pub.source_columns(source) AS s
+        LEFT JOIN pg_catalog.pg_attribute AS a
+               ON a.attrelid = rel AND a.attname = s.column_name AND a.attnum > 0
+              AND NOT a.attisdropped
+        WHERE a.atttypid IS NULL OR NOT a.atttypid::regtype = ANY (s.allowed_types);
+END;
+$$;
+
+-- Everything wrong with the shape of one source table for capture, one line each: the
+-- column problems above, a primary key that is not exactly (id) or is DEFERRABLE (one
+-- statement could then swap two ids, and row-by-row capture would tombstone an id that
+-- still exists), and writes that bypass the table's statement triggers (partitions,
+-- inheritance children).
+CREATE FUNCTION pub.source_shape_problems(source text) RETURNS SETOF text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
+    rel oid := (SELECT c.oid FROM pg_catalog.pg_class AS c
+                JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE n.nspname = app AND c.relname = source AND c.relkind IN ('r', 'p'));
+BEGIN
+    RETURN QUERY SELECT p FROM pub.source_column_problems(source) AS p;
+    IF rel IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_constraint AS k
+        JOIN pg_catalog.pg_attribute AS a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+        WHERE k.conrelid = rel AND k.contype = 'p' AND cardinality(k.conkey) = 1
+          AND a.attname = 'id'
+    ) THEN
+        RETURN NEXT format('column %I.%I.id is not the primary key', app, source);
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_constraint AS k
+                  WHERE k.conrelid = rel AND k.contype = 'p' AND k.condeferrable) THEN
+        RETURN NEXT format('the primary key of %I.%I is DEFERRABLE', app, source);
+    END IF;
+    IF (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = rel) = 'p' THEN
+        RETURN NEXT format('%I.%I is partitioned (writes to a partition itself would bypass capture)',
+                           app, source);
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_inherits AS i WHERE i.inhparent = rel) THEN
+        RETURN NEXT format('%I.%I has inheritance children (writes to them would bypass capture)',
+                           app, source);
+    END IF;
+END;
+$$;
+
+-- Raises the shape error (SQLSTATE PB004). Reached only when a check fails. Its second
+-- argument is one of the types being checked: a call with only constant arguments could
+-- be evaluated by the planner while it estimates costs, and raise for a healthy table.
+CREATE FUNCTION pub.source_shape_violation(source text, probe regtype) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pubctl: %.% no longer has the shape pubctl projects',
+            (SELECT s.app_schema FROM pub.settings AS s), source
+        USING ERRCODE = 'PB004',
+              DETAIL = COALESCE((SELECT string_agg(p, '; ')
+                                 FROM pub.source_column_problems(source) AS p),
+                                'a projected column has a type capture does not accept'),
+              HINT = 'Restore the column types pubctl expects (docs/operations.md, "What '
+                     'pubctl needs of the application''s tables"); nothing was written.';
+END;
+$$;
+
+-- The checks capture makes on every statement (statement triggers) or row (the UPDATE
+-- trigger), before it reads any projected column: the types of the columns it is
+-- about to read, as pg_typeof gives them, which costs no catalog access. True, or the
+-- shape error. Inlinable SQL: the allowed types fold into constants.
+CREATE FUNCTION pub.require_topic_shape(
+    id regtype, name regtype, exam_round_size regtype, deleted_at regtype
+) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN id = ANY ('{smallint,integer,bigint}'::regtype[])
+             AND name = ANY ('{text,character varying}'::regtype[])
+             AND exam_round_size = ANY ('{smallint,integer}'::regtype[])
+             AND deleted_at = ANY ('{timestamp with time zone,timestamp without time zone}'::regtype[])
+            THEN true
+        ELSE pub.source_shape_violation('study_topic', id)
+    END;
+END;
+
+CREATE FUNCTION pub.require_question_shape(
+    id regtype, topic_id regtype, exam_name regtype, exam_round regtype, number regtype,
+    body regtype, choices regtype, answer regtype, explanation regtype,
+    explanation_status regtype, deleted_at regtype
+) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN id = ANY ('{smallint,integer,bigint}'::regtype[])
+             AND topic_id = ANY ('{smallint,integer,bigint}'::regtype[])
+             AND exam_name = ANY ('{text,character varying}'::regtype[])
+             AND exam_round = ANY ('{smallint,integer}'::regtype[])
+             AND number = ANY ('{smallint,integer}'::regtype[])
+             AND body = ANY ('{text,character varying}'::regtype[])
+             AND choices = 'jsonb'::regtype
+             AND answer = ANY ('{smallint,integer}'::regtype[])
+             AND explanation = ANY ('{text,character varying}'::regtype[])
+             AND explanation_status = ANY ('{text,character varying}'::regtype[])
+             AND deleted_at = ANY ('{timestamp with time zone,timestamp without time zone}'::regtype[])
+            THEN true
+        ELSE pub.source_shape_violation('study_question', id)
+    END;
+END;
+
+-- Backfill and verify check the columns from the catalog before each page.
+CREATE FUNCTION pub.require_source_shape(source text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pub.source_column_problems(source)) THEN
+        PERFORM pub.source_shape_violation(source, NULL);
+    END IF;
+END;
+$$;
+
+-- The one place that knows which kinds a source row publishes and through which
+-- projection function: a SELECT of (kind, source_id, canonical) over the rows of
+-- `relation` (a name the caller's dynamic SQL defines, holding the source's columns).
+-- Backfill and verify both build their queries from it.
+CREATE FUNCTION pub.source_items_sql(source text, relation text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE source
+        WHEN 'study_topic' THEN pg_catalog.format($q$
+            SELECT 'topic'::text AS kind, r.id::bigint AS source_id,
+                   pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at) AS canonical
+            FROM %1$I AS r$q$, relation)
+        WHEN 'study_question' THEN pg_catalog.format($q$
+            SELECT 'question'::text AS kind, r.id::bigint AS source_id,
+                   pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
+                                          r.body, r.choices, r.answer, r.deleted_at) AS canonical
+            FROM %1$I AS r
+            UNION ALL
+            SELECT 'explanation'::text, r.id::bigint,
+                   pub.explanation_canonical(r.id, r.explanation, r.explanation_status,
+                                             r.deleted_at)
+            FROM %1$I AS r$q$, relation)
+    END;
+END;
+
+-- The projected columns of a source as a select list over alias `r` ("r.id, r.name,
+-- ..."): what backfill and verify read, and nothing more (an extra column of any type
+-- is the application's business, and pubctl never touches its value).
+CREATE FUNCTION pub.source_select_list(source text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pg_catalog.string_agg(pg_catalog.format('r.%I', c.column_name), ', ')
+    FROM pub.source_columns(source) AS c;
+END;
+
+-- The kinds a source publishes.
+CREATE FUNCTION pub.source_kinds(source text) RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE source
+        WHEN 'study_topic' THEN '{topic}'::text[]
+        WHEN 'study_question' THEN '{question,explanation}'::text[]
+    END;
+END;

@@ -6,30 +6,51 @@
 --   the outbox per statement amortises the per-row cost of bulk imports.
 -- * UPDATE: a row trigger with a WHEN clause. Postgres evaluates WHEN without calling
 --   the function, so an UPDATE that touches no projected column (updated_at, ...)
---   costs almost nothing; a statement trigger would have to join the old and new
---   transition tables for every such row.
+--   costs almost nothing. A statement trigger would need OLD and NEW transition
+--   tables, whose capture alone costs a no-op UPDATE of every row about 17% and whose
+--   join about 50% more, because Postgres fills them for every updated row.
 -- * TRUNCATE fires no row triggers, so it is refused while publishing is on.
 --
--- The functions are SECURITY DEFINER (owned by the role that ran `pubctl migrate`) so
--- that the application's role needs no privilege on schema pub to be published and
--- cannot write the outbox itself. They compare columns, never old payloads, to decide
--- what changed: a row that broke the payload rules before pubctl was installed can
--- still be fixed by an UPDATE.
+-- Who runs this code. The functions are SECURITY DEFINER, so that the application's
+-- role needs no privilege on schema pub to be published and cannot write the outbox
+-- itself. Their owner is the NOLOGIN role pubctl_capture when `pubctl migrate` could
+-- create it (superuser or CREATEROLE), holding only what capture needs; otherwise the
+-- role that ran the migration. Everything they evaluate is built in: before reading a
+-- projected column they check its type (pub.require_*_shape), because a table owner
+-- who swapped in a column of a type of their own making, with an implicit cast or an
+-- operator, would otherwise have that code run with these functions' rights. They
+-- compare columns, never old payloads, to decide what changed: a row that broke the
+-- payload rules before pubctl was installed can still be fixed by an UPDATE.
 
 SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- The triggers pubctl attached, as pg_get_triggerdef printed them then: status and
+-- verify report a trigger that is missing, disabled, replica-only or defined otherwise
+-- (another function, timing, level, event, WHEN clause or column).
+CREATE TABLE pub.capture_triggers (
+    table_name   name NOT NULL,
+    trigger_name name NOT NULL,
+    definition   text NOT NULL,
+    PRIMARY KEY (table_name, trigger_name)
+);
+
+COMMENT ON TABLE pub.capture_triggers IS
+    'The triggers pubctl attached to the application''s tables, as defined when attached; status and verify compare the catalog with them.';
 
 -- The statement triggers write one INSERT ... SELECT per kind from the transition
 -- table. Each SELECT filters on liveness and computes the canonical text in a
 -- subquery kept apart by OFFSET 0, so that the text is built once per row although
 -- both the payload and the hash use it. (One INSERT per statement through a LATERAL
--- VALUES list of kinds measured 1.45x slower on a 100k-row insert.)
+-- VALUES list of kinds measured 1.45x slower on a 100k-row insert.) The shape check is
+-- a one-time filter over the first row of the transition table: it runs before the
+-- subquery reads any column, and costs no catalog access.
 
 CREATE FUNCTION pub.capture_topic_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT pub.publishing_enabled() THEN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
         RETURN NULL;
     END IF;
     -- A row inserted already deleted was never published: nothing to tombstone.
@@ -40,7 +61,10 @@ BEGIN
                  pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at)
           FROM new_rows AS r
           WHERE pub.topic_is_live(r.deleted_at)
-          OFFSET 0) AS i(source_id, canonical);
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_topic_shape(pg_typeof(t.id), pg_typeof(t.name),
+                                          pg_typeof(t.exam_round_size), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
     IF FOUND THEN
         PERFORM pub.notify_outbox();
     END IF;
@@ -55,7 +79,7 @@ AS $$
 DECLARE
     enqueued boolean;
 BEGIN
-    IF NOT pub.publishing_enabled() THEN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
         RETURN NULL;
     END IF;
     INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
@@ -66,7 +90,13 @@ BEGIN
                                         r.body, r.choices, r.answer, r.deleted_at)
           FROM new_rows AS r
           WHERE pub.question_is_live(r.deleted_at)
-          OFFSET 0) AS i(source_id, canonical);
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
     enqueued := FOUND;
     INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
     SELECT 'explanation', i.source_id, pub.outbox_payload(i.canonical),
@@ -76,7 +106,13 @@ BEGIN
                                            r.deleted_at)
           FROM new_rows AS r
           WHERE pub.explanation_is_live(r.deleted_at, r.explanation_status)
-          OFFSET 0) AS i(source_id, canonical);
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
     IF enqueued OR FOUND THEN
         PERFORM pub.notify_outbox();
     END IF;
@@ -90,14 +126,17 @@ CREATE FUNCTION pub.capture_topic_delete() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT pub.publishing_enabled() THEN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
         RETURN NULL;
     END IF;
     INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
     SELECT 'topic', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
            pub.schema_version(), true
     FROM old_rows AS r
-    WHERE pub.topic_is_live(r.deleted_at);
+    WHERE pub.topic_is_live(r.deleted_at)
+      AND (SELECT pub.require_topic_shape(pg_typeof(t.id), pg_typeof(t.name),
+                                          pg_typeof(t.exam_round_size), pg_typeof(t.deleted_at))
+           FROM old_rows AS t LIMIT 1) IS NOT FALSE;
     IF FOUND THEN
         PERFORM pub.notify_outbox();
     END IF;
@@ -109,27 +148,88 @@ CREATE FUNCTION pub.capture_question_delete() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    enqueued boolean;
 BEGIN
-    IF NOT pub.publishing_enabled() THEN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
         RETURN NULL;
     END IF;
     INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-    SELECT 'question', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+    SELECT k.kind, r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
            pub.schema_version(), true
     FROM old_rows AS r
-    WHERE pub.question_is_live(r.deleted_at);
-    enqueued := FOUND;
-    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-    SELECT 'explanation', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
-           pub.schema_version(), true
-    FROM old_rows AS r
-    WHERE pub.explanation_is_live(r.deleted_at, r.explanation_status);
-    IF enqueued OR FOUND THEN
+    CROSS JOIN (VALUES ('question'), ('explanation')) AS k(kind)
+    WHERE CASE k.kind
+              WHEN 'question' THEN pub.question_is_live(r.deleted_at)
+              ELSE pub.explanation_is_live(r.deleted_at, r.explanation_status)
+          END
+      AND (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM old_rows AS t LIMIT 1) IS NOT FALSE;
+    IF FOUND THEN
         PERFORM pub.notify_outbox();
     END IF;
     RETURN NULL;
+END;
+$$;
+
+-- The UPDATE path's writer: puts a row's changed items into the outbox (canonical
+-- NULL = tombstone), one INSERT for all of them.
+--
+-- An ORM that saves one object several times in a transaction updates the same row
+-- again and again; only its last state needs publishing. The setting
+-- pubctl.last_enqueued (SET LOCAL: gone at commit or rollback) names the outbox rows
+-- the previous call wrote, and a call for the same items removes them first. A writer
+-- can set that setting to anything, so it only says where to look: a row is removed
+-- only if it is the same item's and was written by this very transaction (its xmin is
+-- this transaction's id), rows nobody else has seen. A forged setting can remove
+-- nothing else; at worst an item keeps an extra row, which the applier's churn rule
+-- makes harmless. Each removal is a primary-key lookup, whatever the outbox's
+-- statistics say.
+CREATE FUNCTION pub.enqueue_changes(kinds text[], source_ids bigint[], canonicals text[])
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    previous jsonb;
+    superseded bigint;
+    remembered text;
+    written integer;
+BEGIN
+    BEGIN
+        previous := NULLIF(current_setting('pubctl.last_enqueued', true), '')::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        previous := NULL;  -- not ours: ignore it
+    END;
+    IF jsonb_typeof(previous) = 'object' THEN
+        FOR i IN 1 .. cardinality(kinds) LOOP
+            superseded := CASE WHEN jsonb_typeof(previous -> (kinds[i] || ':' || source_ids[i])) = 'number'
+                               THEN (previous ->> (kinds[i] || ':' || source_ids[i]))::numeric::bigint END;
+            IF superseded IS NOT NULL THEN
+                DELETE FROM pub.outbox AS o
+                WHERE o.id = superseded AND o.kind = kinds[i] AND o.source_id = source_ids[i]
+                  AND o.xmin = pg_current_xact_id()::xid;
+            END IF;
+        END LOOP;
+    END IF;
+    WITH inserted AS (
+        INSERT INTO pub.outbox AS o
+            (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
+               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
+        FROM unnest(kinds, source_ids, canonicals) AS i(kind, source_id, canonical)
+        RETURNING o.kind, o.source_id, o.id
+    )
+    SELECT count(*), jsonb_object_agg(r.kind || ':' || r.source_id, r.id)::text
+    INTO written, remembered
+    FROM inserted AS r;
+    remembered := set_config('pubctl.last_enqueued', COALESCE(remembered, ''), true);
+    IF written > 0 THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN written;
 END;
 $$;
 
@@ -138,26 +238,39 @@ CREATE FUNCTION pub.capture_topic_update() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    -- Before any column is read (pub.require_topic_shape); OLD has NEW's row type.
+    shape_ok constant boolean := pub.require_topic_shape(
+        pg_typeof(NEW.id), pg_typeof(NEW.name), pg_typeof(NEW.exam_round_size),
+        pg_typeof(NEW.deleted_at));
     was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
     is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
+    kinds text[] := '{}';
+    ids bigint[] := '{}';
+    canonicals text[] := '{}';
 BEGIN
-    IF NOT pub.publishing_enabled() THEN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
         RETURN NULL;
     END IF;
     IF OLD.id IS DISTINCT FROM NEW.id THEN
         -- A new id is a new item: the old one ends, the new one begins.
         IF was_live THEN
-            PERFORM pub.enqueue('{topic}', ARRAY[OLD.id::bigint], '{NULL}');
+            kinds := kinds || 'topic'::text; ids := ids || OLD.id::bigint;
+            canonicals := canonicals || NULL::text;
         END IF;
         IF is_live THEN
-            PERFORM pub.enqueue('{topic}', ARRAY[NEW.id::bigint],
-                ARRAY[pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at)]);
+            kinds := kinds || 'topic'::text; ids := ids || NEW.id::bigint;
+            canonicals := canonicals
+                || pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
         END IF;
     ELSIF was_live IS DISTINCT FROM is_live
-          OR (is_live AND (OLD.name, OLD.exam_round_size)
-                          IS DISTINCT FROM (NEW.name, NEW.exam_round_size)) THEN
-        PERFORM pub.enqueue('{topic}', ARRAY[NEW.id::bigint],
-            ARRAY[pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at)]);
+          OR (is_live AND ((OLD.name COLLATE "C"), OLD.exam_round_size)
+                          IS DISTINCT FROM ((NEW.name COLLATE "C"), NEW.exam_round_size)) THEN
+        kinds := '{topic}'; ids := ARRAY[NEW.id::bigint];
+        canonicals := ARRAY[pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size,
+                                                NEW.deleted_at)];
+    END IF;
+    IF cardinality(kinds) > 0 THEN
+        PERFORM pub.enqueue_changes(kinds, ids, canonicals);
     END IF;
     RETURN NULL;
 END;
@@ -168,20 +281,27 @@ CREATE FUNCTION pub.capture_question_update() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    -- Before any column is read (pub.require_question_shape); OLD has NEW's row type.
+    shape_ok constant boolean := pub.require_question_shape(
+        pg_typeof(NEW.id), pg_typeof(NEW.topic_id), pg_typeof(NEW.exam_name),
+        pg_typeof(NEW.exam_round), pg_typeof(NEW.number), pg_typeof(NEW.body),
+        pg_typeof(NEW.choices), pg_typeof(NEW.answer), pg_typeof(NEW.explanation),
+        pg_typeof(NEW.explanation_status), pg_typeof(NEW.deleted_at));
     question_was_live constant boolean := pub.question_is_live(OLD.deleted_at);
     question_is_live constant boolean := pub.question_is_live(NEW.deleted_at);
     explanation_was_live constant boolean :=
         pub.explanation_is_live(OLD.deleted_at, OLD.explanation_status);
     explanation_is_live constant boolean :=
         pub.explanation_is_live(NEW.deleted_at, NEW.explanation_status);
+    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
     kinds text[] := '{}';
     ids bigint[] := '{}';
     canonicals text[] := '{}';
 BEGIN
-    IF NOT pub.publishing_enabled() THEN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
         RETURN NULL;
     END IF;
-    IF OLD.id IS DISTINCT FROM NEW.id THEN
+    IF NOT same_id THEN
         -- A new id is a new item: the old one ends, the new one begins.
         IF question_was_live THEN
             kinds := kinds || 'question'::text; ids := ids || OLD.id::bigint;
@@ -192,43 +312,42 @@ BEGIN
             canonicals := canonicals || NULL::text;
         END IF;
     END IF;
-    IF question_is_live IS DISTINCT FROM question_was_live
-       OR (question_is_live
-           AND (OLD.id IS DISTINCT FROM NEW.id
-                OR (OLD.topic_id, OLD.exam_name, OLD.exam_round, OLD.number, OLD.body,
-                    OLD.choices, OLD.answer)
-                   IS DISTINCT FROM (NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
-                                     NEW.body, NEW.choices, NEW.answer))) THEN
-        IF question_is_live OR OLD.id IS NOT DISTINCT FROM NEW.id THEN
-            kinds := kinds || 'question'::text; ids := ids || NEW.id::bigint;
-            canonicals := canonicals || pub.question_canonical(
-                NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
-                NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
-        END IF;
+    IF (question_is_live
+        AND (NOT same_id OR NOT question_was_live
+             OR (OLD.topic_id, (OLD.exam_name COLLATE "C"), OLD.exam_round, OLD.number,
+                 (OLD.body COLLATE "C"), OLD.choices, OLD.answer)
+                IS DISTINCT FROM (NEW.topic_id, (NEW.exam_name COLLATE "C"), NEW.exam_round,
+                                  NEW.number, (NEW.body COLLATE "C"), NEW.choices, NEW.answer)))
+       OR (same_id AND question_was_live AND NOT question_is_live) THEN
+        kinds := kinds || 'question'::text; ids := ids || NEW.id::bigint;
+        canonicals := canonicals || pub.question_canonical(
+            NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
+            NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
     END IF;
-    IF explanation_is_live IS DISTINCT FROM explanation_was_live
-       OR (explanation_is_live
-           AND (OLD.id IS DISTINCT FROM NEW.id
-                OR OLD.explanation IS DISTINCT FROM NEW.explanation)) THEN
-        IF explanation_is_live OR OLD.id IS NOT DISTINCT FROM NEW.id THEN
-            kinds := kinds || 'explanation'::text; ids := ids || NEW.id::bigint;
-            canonicals := canonicals || pub.explanation_canonical(
-                NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
-        END IF;
+    IF (explanation_is_live
+        AND (NOT same_id OR NOT explanation_was_live
+             OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
+       OR (same_id AND explanation_was_live AND NOT explanation_is_live) THEN
+        kinds := kinds || 'explanation'::text; ids := ids || NEW.id::bigint;
+        canonicals := canonicals || pub.explanation_canonical(
+            NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
     END IF;
     IF cardinality(kinds) > 0 THEN
-        PERFORM pub.enqueue(kinds, ids, canonicals);
+        PERFORM pub.enqueue_changes(kinds, ids, canonicals);
     END IF;
     RETURN NULL;
 END;
 $$;
 
+-- TRUNCATE fires no row triggers: refused while publishing is on, also for a
+-- transaction whose snapshot still says "off" after `pubctl enable` (see
+-- pub.unpublished_write_allowed, which also makes enable wait for the truncation).
 CREATE FUNCTION pub.refuse_truncate() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF pub.publishing_enabled() THEN
+    IF pub.publishing_enabled() OR NOT pub.unpublished_write_allowed() THEN
         RAISE EXCEPTION 'pubctl: TRUNCATE of %.% is refused while publishing is on',
                 TG_TABLE_SCHEMA, TG_TABLE_NAME
             USING ERRCODE = 'PB002',
@@ -248,10 +367,87 @@ REVOKE ALL ON FUNCTION pub.capture_question_delete() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.capture_topic_update() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.capture_question_update() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.refuse_truncate() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.enqueue_changes(text[], bigint[], text[]) FROM PUBLIC;
 
--- Attach the triggers to the application's tables, in the schema recorded at install.
--- The WHEN clauses list every projected column (and liveness, not the deleted_at
--- timestamp itself): an UPDATE that changes none of them never calls the function.
+-- Everything that would make capture miss writes without failing them, one row each,
+-- for `pubctl status` and `pubctl verify` (one query for both):
+-- * publishing switched off;
+-- * one of our triggers missing, disabled, replica-only, or no longer as attached;
+-- * a source table whose shape no longer fits (pub.source_shape_problems);
+-- * session_replication_role = replica set for a role or for the database (ALTER
+--   ROLE / ALTER DATABASE ... SET), or in the calling session: no trigger fires there;
+-- * capture functions that run as a role able to log in or as a superuser.
+CREATE FUNCTION pub.capture_problems() RETURNS TABLE (subject text, problem text)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
+BEGIN
+    IF NOT (SELECT s.publishing_enabled FROM pub.settings AS s) THEN
+        RETURN QUERY SELECT 'publishing'::text, 'publishing is switched off'::text;
+    END IF;
+
+    RETURN QUERY
+    SELECT format('%s.%s', e.table_name, e.trigger_name),
+           CASE
+               WHEN t.oid IS NULL THEN 'missing'
+               WHEN t.tgenabled = 'D' THEN 'disabled'
+               WHEN t.tgenabled = 'R' THEN 'fires only under session_replication_role = replica'
+               ELSE 'defined otherwise than pubctl attached it: ' || pg_get_triggerdef(t.oid)
+           END
+    FROM pub.capture_triggers AS e
+    LEFT JOIN pg_catalog.pg_class AS c
+           ON c.relname = e.table_name
+          AND c.relnamespace = (SELECT n.oid FROM pg_catalog.pg_namespace AS n
+                                WHERE n.nspname = app)
+    LEFT JOIN pg_catalog.pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = e.trigger_name
+    WHERE t.oid IS NULL OR t.tgenabled IN ('D', 'R')
+       OR pg_get_triggerdef(t.oid) <> e.definition
+    ORDER BY 1;
+
+    RETURN QUERY
+    SELECT s.source, p
+    FROM (VALUES ('study_topic'), ('study_question')) AS s(source),
+         LATERAL pub.source_shape_problems(s.source) AS p;
+
+    RETURN QUERY
+    SELECT CASE
+               WHEN d.setrole = 0 THEN format('database %s', current_database())
+               WHEN d.setdatabase = 0 THEN format('role %s', d.setrole::regrole)
+               ELSE format('role %s in database %s', d.setrole::regrole, current_database())
+           END,
+           'session_replication_role = replica is set: its writes fire no trigger'
+    FROM pg_catalog.pg_db_role_setting AS d
+    WHERE d.setdatabase IN (0, (SELECT b.oid FROM pg_catalog.pg_database AS b
+                                WHERE b.datname = current_database()))
+      AND EXISTS (SELECT FROM unnest(d.setconfig) AS c
+                  WHERE lower(replace(c, ' ', '')) IN ('session_replication_role=replica',
+                                                       'session_replication_role=''replica'''))
+    ORDER BY 1;
+
+    IF current_setting('session_replication_role') = 'replica' THEN
+        RETURN QUERY SELECT 'this session'::text,
+            'session_replication_role = replica: its writes fire no trigger'::text;
+    END IF;
+
+    RETURN QUERY
+    SELECT format('capture functions'),
+           format('run as role %s, which %s', r.rolname,
+                  CASE WHEN r.rolsuper THEN 'is a superuser' ELSE 'can log in' END)
+    FROM pg_catalog.pg_proc AS f
+    JOIN pg_catalog.pg_roles AS r ON r.oid = f.proowner
+    WHERE f.oid = 'pub.capture_topic_insert()'::regprocedure
+      AND r.rolname = 'pubctl_capture' AND (r.rolcanlogin OR r.rolsuper);
+END;
+$$;
+
+-- Attach the triggers to the application's tables, in the schema recorded at install,
+-- and record their definitions. The WHEN clauses list every projected column (and
+-- liveness, not the deleted_at timestamp itself): an UPDATE that changes none of them
+-- never calls the function. Text columns compare in the "C" collation, byte for byte:
+-- under a nondeterministic collation 'Anatomy' and 'anatomy' would compare equal, and
+-- the change would never be published.
 DO $attach$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
@@ -262,8 +458,9 @@ BEGIN
             FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_topic_insert();
         CREATE TRIGGER pub_capture_update AFTER UPDATE ON %1$I.study_topic
             FOR EACH ROW
-            WHEN ((OLD.id, OLD.name, OLD.exam_round_size, OLD.deleted_at IS NULL)
-                  IS DISTINCT FROM (NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at IS NULL))
+            WHEN ((OLD.id, OLD.name COLLATE "C", OLD.exam_round_size, OLD.deleted_at IS NULL)
+                  IS DISTINCT FROM
+                  (NEW.id, NEW.name COLLATE "C", NEW.exam_round_size, NEW.deleted_at IS NULL))
             EXECUTE FUNCTION pub.capture_topic_update();
         CREATE TRIGGER pub_capture_delete AFTER DELETE ON %1$I.study_topic
             REFERENCING OLD TABLE AS old_rows
@@ -276,13 +473,13 @@ BEGIN
             FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_question_insert();
         CREATE TRIGGER pub_capture_update AFTER UPDATE ON %1$I.study_question
             FOR EACH ROW
-            WHEN ((OLD.id, OLD.topic_id, OLD.exam_name, OLD.exam_round, OLD.number, OLD.body,
-                   OLD.choices, OLD.answer, OLD.explanation, OLD.explanation_status,
-                   OLD.deleted_at IS NULL)
+            WHEN ((OLD.id, OLD.topic_id, OLD.exam_name COLLATE "C", OLD.exam_round, OLD.number,
+                   OLD.body COLLATE "C", OLD.choices, OLD.answer, OLD.explanation COLLATE "C",
+                   OLD.explanation_status COLLATE "C", OLD.deleted_at IS NULL)
                   IS DISTINCT FROM
-                  (NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number, NEW.body,
-                   NEW.choices, NEW.answer, NEW.explanation, NEW.explanation_status,
-                   NEW.deleted_at IS NULL))
+                  (NEW.id, NEW.topic_id, NEW.exam_name COLLATE "C", NEW.exam_round, NEW.number,
+                   NEW.body COLLATE "C", NEW.choices, NEW.answer, NEW.explanation COLLATE "C",
+                   NEW.explanation_status COLLATE "C", NEW.deleted_at IS NULL))
             EXECUTE FUNCTION pub.capture_question_update();
         CREATE TRIGGER pub_capture_delete AFTER DELETE ON %1$I.study_question
             REFERENCING OLD TABLE AS old_rows
@@ -290,5 +487,67 @@ BEGIN
         CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_question
             FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
     $sql$, app);
+    INSERT INTO pub.capture_triggers (table_name, trigger_name, definition)
+    SELECT c.relname, t.tgname, pg_catalog.pg_get_triggerdef(t.oid)
+    FROM pg_catalog.pg_trigger AS t
+    JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = app AND c.relname IN ('study_topic', 'study_question')
+      AND t.tgname IN ('pub_capture_insert', 'pub_capture_update', 'pub_capture_delete',
+                       'pub_refuse_truncate');
 END;
 $attach$;
+
+-- Hand the capture functions to the NOLOGIN role pubctl_capture, holding exactly what
+-- capture needs, when this role may create it (superuser or CREATEROLE) or already
+-- belongs to it; otherwise they stay with this role. An existing pubctl_capture that
+-- can log in, or has any right beyond NOLOGIN, is refused: someone could act as it.
+DO $owner$
+DECLARE
+    me record;
+    capture record;
+BEGIN
+    SELECT r.* INTO me FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user;
+    SELECT r.* INTO capture FROM pg_catalog.pg_roles AS r WHERE r.rolname = 'pubctl_capture';
+    IF capture IS NULL THEN
+        IF NOT (me.rolsuper OR me.rolcreaterole) THEN
+            RETURN;  -- capture runs as this role
+        END IF;
+        BEGIN
+            CREATE ROLE pubctl_capture NOLOGIN NOINHERIT;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- another database's migration created it meanwhile
+        END;
+        SELECT r.* INTO capture FROM pg_catalog.pg_roles AS r WHERE r.rolname = 'pubctl_capture';
+    END IF;
+    IF capture.rolcanlogin OR capture.rolsuper OR capture.rolcreaterole OR capture.rolcreatedb
+       OR capture.rolreplication OR capture.rolbypassrls THEN
+        RAISE EXCEPTION 'pubctl: role pubctl_capture exists and is not safe to run capture as'
+            USING ERRCODE = 'PB005',
+                  DETAIL = 'It can log in or holds rights beyond NOLOGIN: whoever can act as '
+                           'it could write the outbox.',
+                  HINT = 'ALTER ROLE pubctl_capture NOLOGIN NOSUPERUSER NOCREATEROLE '
+                         'NOCREATEDB NOREPLICATION NOBYPASSRLS, or drop it, then migrate again.';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(current_user, 'pubctl_capture', 'MEMBER') THEN
+        IF NOT me.rolcreaterole THEN
+            RETURN;  -- not ours to use: capture runs as this role
+        END IF;
+        GRANT pubctl_capture TO CURRENT_USER;
+    END IF;
+    GRANT USAGE ON SCHEMA pub TO pubctl_capture;
+    GRANT SELECT, INSERT, DELETE ON pub.outbox TO pubctl_capture;
+    GRANT SELECT ON pub.settings TO pubctl_capture;
+    GRANT SELECT ON SEQUENCE pub.publishing_epoch TO pubctl_capture;
+    GRANT EXECUTE ON FUNCTION pub.unpublished_write_allowed(), pub.notify_outbox()
+        TO pubctl_capture;
+    ALTER FUNCTION pub.capture_topic_insert() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_question_insert() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_topic_delete() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_question_delete() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_topic_update() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_question_update() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.refuse_truncate() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.enqueue_changes(text[], bigint[], text[]) OWNER TO pubctl_capture;
+END;
+$owner$;

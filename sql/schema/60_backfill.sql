@@ -27,102 +27,157 @@ CREATE TABLE pub.backfill_runs (
 COMMENT ON TABLE pub.backfill_runs IS
     'Progress of the latest backfill per source table, committed with each page: `pubctl backfill --resume` continues from last_id.';
 
--- Reads up to page_size source rows after after_id and enqueues:
--- * every live item's payload (the applier drops what is already published: churn 0);
--- * a tombstone for every item published live whose row is deleted, not ready, or gone
---   (rows deleted while publishing was off), including ids between and after the
---   page's rows, so that backfill plus apply always ends with nothing stale;
--- * with include_deleted, a tombstone for every non-live item of the page.
--- With dry_run nothing is written; the counts say what would be.
+-- One page of a backfill, in one transaction (READ COMMITTED, which the page checks):
+--
+-- 1. Its bounds come from an unlocked keyset read: the ids of the next page_size rows
+--    after after_id. The page covers (after_id, upper], upper being the last of those
+--    ids, or no bound at all when fewer rows remain (the last page owns every id after
+--    after_id).
+-- 2. It reads the rows in exactly that range FOR SHARE (at most page_size of them) and
+--    enqueues, through the same projection the triggers use:
+--    * every live item's payload (the applier drops what is already published: churn 0);
+--    * a tombstone for every item published live whose row is deleted or not ready;
+--    * with include_deleted, a tombstone for every non-live item of the page.
+--    A writer already updating one of the rows makes the page wait and read its
+--    version; a later writer waits for the page to commit, so its outbox row gets the
+--    larger id. A row whose id a concurrent UPDATE moves out of the range is left to
+--    the page that covers its new id: the range, its tombstones and the checkpoint
+--    (last_id) never follow an id a concurrent write produced. (FOR KEY SHARE would not
+--    do: it does not conflict with an ordinary UPDATE.)
+-- 3. Items published live whose source row is gone (deleted while publishing was off)
+--    get tombstones too, in the range the page covered. Absence cannot be locked row by
+--    row: a concurrent transaction inserting that id could commit after the page read
+--    and before it, with a smaller outbox id. So the candidates are found with a fresh
+--    snapshot, leaving out items whose newest outbox row is a tombstone already; if any
+--    remain, the page takes a SHARE lock on the source table (which waits at most
+--    2 seconds for the writers in flight, and then holds new ones until the page
+--    commits) and finds them again with a snapshot no writer can be behind. Such items
+--    only exist after changes that capture did not see, so this lock is rare.
+--
+-- With dry_run nothing is written or locked; the counts say what would be. last_id is
+-- the checkpoint, the last id the page covered (the next page starts after it);
+-- finished says this was the last page.
 CREATE FUNCTION pub.backfill_page(
     source text, after_id bigint, page_size integer, include_deleted boolean, dry_run boolean,
-    OUT rows_read integer, OUT last_id bigint, OUT enqueued integer
+    OUT rows_read integer, OUT last_id bigint, OUT enqueued integer, OUT finished boolean
 )
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    -- Row-level security policies would hide rows from the backfill (and run the table
+    -- owner's code as this role): with it off, a policy makes the page fail instead.
+    SET row_security = off
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    items_sql text;
-    kinds text[];
+    kinds text[] := pub.source_kinds(source);
+    upper_id bigint;
+    last_locked bigint;
+    gone_sql text;
+    gone integer;
 BEGIN
     IF page_size IS NULL OR page_size < 1 THEN
         RAISE EXCEPTION 'pubctl: page size must be a positive integer, got %', page_size
             USING ERRCODE = 'PB003', DETAIL = 'backfill_page reads at most page_size rows.',
                   HINT = 'Pass a page size of 1 or more.';
     END IF;
-    IF source = 'study_topic' THEN
-        kinds := '{topic}';
-        items_sql := $q$
-            SELECT 'topic' AS kind, p.id AS source_id,
-                   pub.topic_canonical(p.id, p.name, p.exam_round_size, p.deleted_at) AS canonical
-            FROM page AS p
-        $q$;
-    ELSIF source = 'study_question' THEN
-        kinds := '{question,explanation}';
-        items_sql := $q$
-            SELECT 'question' AS kind, p.id AS source_id,
-                   pub.question_canonical(p.id, p.topic_id, p.exam_name, p.exam_round, p.number,
-                                          p.body, p.choices, p.answer, p.deleted_at) AS canonical
-            FROM page AS p
-            UNION ALL
-            SELECT 'explanation', p.id,
-                   pub.explanation_canonical(p.id, p.explanation, p.explanation_status,
-                                             p.deleted_at)
-            FROM page AS p
-        $q$;
-    ELSE
+    IF kinds IS NULL THEN
         RAISE EXCEPTION 'pubctl: unknown backfill source %', source
             USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
                   HINT = 'Use `pubctl backfill topics|questions|all`.';
     END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pubctl: a backfill page must run at READ COMMITTED, not %',
+                current_setting('transaction_isolation')
+            USING ERRCODE = 'PB006',
+                  DETAIL = 'The page locks its rows and reads their newest versions; a '
+                           'snapshot older than the locks would enqueue stale payloads.',
+                  HINT = 'Run the page in a READ COMMITTED transaction (pubctl does).';
+    END IF;
+    PERFORM pub.require_source_shape(source);
 
+    -- 1. The page's bounds, unlocked.
+    EXECUTE format(
+        'SELECT count(*)::integer, max(p.id)::bigint FROM '
+        '(SELECT r.id FROM %I.%I AS r WHERE r.id > $1 ORDER BY r.id LIMIT $2) AS p',
+        app, source)
+    INTO rows_read, upper_id
+    USING after_id, page_size;
+    finished := rows_read < page_size;
+    IF finished THEN
+        upper_id := NULL;
+    END IF;
+
+    -- 2. The rows of exactly that range, locked; their items.
     EXECUTE format($q$
         WITH page AS MATERIALIZED (
-            SELECT r.*
+            SELECT %3$s
             FROM %1$I.%2$I AS r
-            WHERE r.id > $1
+            WHERE r.id > $1 AND ($2::bigint IS NULL OR r.id <= $2)
             ORDER BY r.id
-            LIMIT $2
+            LIMIT $3
             FOR SHARE
-        ), bounds AS (
-            SELECT count(*)::integer AS n, max(p.id) AS last_id,
-                   -- The last page also owns every id after its last row.
-                   CASE WHEN count(*) < $2 THEN NULL ELSE max(p.id) END AS upper_id
-            FROM page AS p
-        ), items AS MATERIALIZED (%3$s
+        ), items AS MATERIALIZED (%4$s
         ), wanted AS MATERIALIZED (
             SELECT i.kind, i.source_id, i.canonical
             FROM items AS i
             WHERE i.canonical IS NOT NULL
-               OR $3
+               OR $4
                OR EXISTS (SELECT FROM pub.content AS c
                           WHERE (c.kind, c.source_id) = (i.kind, i.source_id) AND NOT c.deleted)
-            UNION ALL
-            -- Published live, but the source row is gone.
-            SELECT c.kind, c.source_id, NULL
-            FROM pub.content AS c, bounds AS b
-            WHERE c.kind = ANY ($5) AND NOT c.deleted
-              AND c.source_id > $1
-              AND (b.upper_id IS NULL OR c.source_id <= b.upper_id)
-              AND NOT EXISTS (SELECT FROM page AS p WHERE p.id = c.source_id)
         ), written AS (
             INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
             SELECT w.kind, w.source_id, pub.outbox_payload(w.canonical),
                    pub.outbox_payload_hash(w.canonical), pub.schema_version(), w.canonical IS NULL
             FROM wanted AS w
-            WHERE NOT $4
+            WHERE NOT $5
             RETURNING 1
         )
-        SELECT b.n, b.last_id, (SELECT count(*)::integer FROM wanted)
-        FROM bounds AS b
-    $q$, app, source, items_sql)
-    INTO rows_read, last_id, enqueued
-    USING after_id, page_size, include_deleted, dry_run, kinds;
+        SELECT (SELECT count(*)::integer FROM page), (SELECT max(p.id)::bigint FROM page AS p),
+               (SELECT count(*)::integer FROM wanted)
+    $q$, app, source, pub.source_select_list(source), pub.source_items_sql(source, 'page'))
+    INTO rows_read, last_locked, enqueued
+    USING after_id, upper_id, page_size, include_deleted, dry_run;
+    IF rows_read = page_size THEN
+        -- A full page ends at its last row: rows that arrived in the range since step 1
+        -- are the next page's.
+        upper_id := last_locked;
+        finished := false;
+    END IF;
+    last_id := COALESCE(upper_id, last_locked, after_id);
+
+    -- 3. Published live, source row gone, not already being tombstoned.
+    gone_sql := format($q$
+        SELECT c.kind, c.source_id
+        FROM pub.content AS c
+        WHERE c.kind = ANY ($1) AND NOT c.deleted
+          AND c.source_id > $2 AND ($3::bigint IS NULL OR c.source_id <= $3)
+          AND NOT EXISTS (SELECT FROM %1$I.%2$I AS r WHERE r.id = c.source_id)
+          AND COALESCE((SELECT o.deleted FROM pub.outbox AS o
+                        WHERE o.kind = c.kind AND o.source_id = c.source_id
+                        ORDER BY o.id DESC LIMIT 1), false) = false
+    $q$, app, source);
+    EXECUTE format('SELECT count(*)::integer FROM (%s) AS g', gone_sql)
+    INTO gone USING kinds, after_id, upper_id;
+    IF gone > 0 AND NOT dry_run THEN
+        PERFORM set_config('lock_timeout', '2s', true);
+        EXECUTE format('LOCK TABLE %I.%I IN SHARE MODE', app, source);
+        EXECUTE format($q$
+            WITH written AS (
+                INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+                SELECT g.kind, g.source_id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+                       pub.schema_version(), true
+                FROM (%s) AS g
+                RETURNING 1
+            )
+            SELECT count(*)::integer FROM written
+        $q$, gone_sql)
+        INTO gone USING kinds, after_id, upper_id;
+    END IF;
+    enqueued := enqueued + gone;
 
     IF NOT dry_run THEN
         UPDATE pub.backfill_runs AS r
-        SET last_id = COALESCE(backfill_page.last_id, r.last_id),
+        SET last_id = backfill_page.last_id,
             rows_done = r.rows_done + backfill_page.rows_read,
             enqueued = r.enqueued + backfill_page.enqueued,
             updated_at = now()

@@ -10,50 +10,35 @@
 -- with pending = true when an outbox row for the item is still waiting to be applied
 -- (the difference may be explained by it). detail names the differing payload keys.
 -- The hash of each stored payload and the SQL projection itself are checked in
--- Python against the independent reference (pubctl/verify.py).
+-- Python against the independent reference (pubctl/verify.py). Capture itself is
+-- checked by pub.capture_problems (sql/schema/40_capture.sql).
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
+-- Like backfill, verify reads only the projected columns, checks their types first
+-- (pub.require_source_shape), and runs with row-level security off: it must see every
+-- row, and never run code of the table owner's making as the operator.
 CREATE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
     RETURNS TABLE (kind text, source_id bigint, category text, pending boolean, detail text[])
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    SET row_security = off
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    items_sql text;
-    kinds text[];
+    kinds text[] := pub.source_kinds(source);
 BEGIN
-    IF source = 'study_topic' THEN
-        kinds := '{topic}';
-        items_sql := $q$
-            SELECT 'topic' AS kind, r.id::bigint AS source_id,
-                   pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at) AS canonical
-            FROM rows AS r
-        $q$;
-    ELSIF source = 'study_question' THEN
-        kinds := '{question,explanation}';
-        items_sql := $q$
-            SELECT 'question' AS kind, r.id::bigint AS source_id,
-                   pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
-                                          r.body, r.choices, r.answer, r.deleted_at) AS canonical
-            FROM rows AS r
-            UNION ALL
-            SELECT 'explanation', r.id::bigint,
-                   pub.explanation_canonical(r.id, r.explanation, r.explanation_status,
-                                             r.deleted_at)
-            FROM rows AS r
-        $q$;
-    ELSE
+    IF kinds IS NULL THEN
         RAISE EXCEPTION 'pubctl: unknown verify source %', source
             USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
                   HINT = 'Use `pubctl verify --kind topic|question|explanation`.';
     END IF;
+    PERFORM pub.require_source_shape(source);
 
     RETURN QUERY EXECUTE format($q$
-        WITH rows AS (
-            SELECT * FROM %1$I.%2$I AS t WHERE t.id > $1 AND ($2 IS NULL OR t.id <= $2)
-        ), expected AS MATERIALIZED (%3$s
+        WITH rows AS MATERIALIZED (
+            SELECT %3$s FROM %1$I.%2$I AS r WHERE r.id > $1 AND ($2 IS NULL OR r.id <= $2)
+        ), expected AS MATERIALIZED (%4$s
         ), published AS (
             SELECT c.* FROM pub.content AS c
             WHERE c.kind = ANY ($3) AND c.source_id > $1 AND ($2 IS NULL OR c.source_id <= $2)
@@ -98,7 +83,7 @@ BEGIN
                ARRAY['schema_version ' || j.schema_version]
         FROM joined AS j
         WHERE j.schema_version < pub.schema_version()
-    $q$, app, source, items_sql)
+    $q$, app, source, pub.source_select_list(source), pub.source_items_sql(source, 'rows'))
     USING lo, hi, kinds;
 END;
 $$;
@@ -112,13 +97,15 @@ CREATE FUNCTION pub.source_page_bound(
 )
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
+    SET row_security = off
 AS $$
 BEGIN
-    IF source NOT IN ('study_topic', 'study_question') THEN
+    IF pub.source_kinds(source) IS NULL THEN
         RAISE EXCEPTION 'pubctl: unknown source %', source
             USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
                   HINT = 'Pass study_topic or study_question.';
     END IF;
+    PERFORM pub.require_source_shape(source);
     EXECUTE format(
         'SELECT count(*)::integer, max(id)::bigint FROM '
         '(SELECT t.id FROM %I.%I AS t WHERE t.id > $1 ORDER BY t.id LIMIT $2) AS page',
@@ -128,41 +115,41 @@ BEGIN
 END;
 $$;
 
--- The source rows of a range as jsonb, each with its items' canonical text from the SQL
--- projection and their published hashes: what the Python reference projection and its
--- own RFC 8785 hashes are held against.
+-- The source rows of a range as jsonb (their projected columns only), each with its
+-- items' canonical text from the SQL projection and their published hashes: what the
+-- Python reference projection and its own RFC 8785 hashes are held against.
 CREATE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
     RETURNS TABLE (source_id bigint, row_data jsonb, canonicals jsonb, published_hashes jsonb)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
+    SET row_security = off
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    canonicals_sql text;
+    kinds text[] := pub.source_kinds(source);
 BEGIN
-    IF source = 'study_topic' THEN
-        canonicals_sql := $q$jsonb_build_object(
-            'topic', pub.topic_canonical(t.id, t.name, t.exam_round_size, t.deleted_at))$q$;
-    ELSIF source = 'study_question' THEN
-        canonicals_sql := $q$jsonb_build_object(
-            'question', pub.question_canonical(t.id, t.topic_id, t.exam_name, t.exam_round,
-                                               t.number, t.body, t.choices, t.answer, t.deleted_at),
-            'explanation', pub.explanation_canonical(t.id, t.explanation, t.explanation_status,
-                                                     t.deleted_at))$q$;
-    ELSE
+    IF kinds IS NULL THEN
         RAISE EXCEPTION 'pubctl: unknown source %', source
             USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
                   HINT = 'Pass study_topic or study_question.';
     END IF;
-    RETURN QUERY EXECUTE format(
-        'SELECT t.id::bigint, to_jsonb(t), %3$s, '
-        '       (SELECT jsonb_object_agg(c.kind, c.payload_hash) FROM pub.content AS c '
-        '        WHERE c.kind = ANY ($3) AND c.source_id = t.id) '
-        'FROM %1$I.%2$I AS t '
-        'WHERE t.id > $1 AND ($2 IS NULL OR t.id <= $2) ORDER BY t.id',
-        app, source, canonicals_sql)
-    USING lo, hi, CASE source WHEN 'study_topic' THEN '{topic}'::text[]
-                              ELSE '{question,explanation}'::text[] END;
+    PERFORM pub.require_source_shape(source);
+    RETURN QUERY EXECUTE format($q$
+        WITH rows AS MATERIALIZED (
+            SELECT %3$s FROM %1$I.%2$I AS r WHERE r.id > $1 AND ($2 IS NULL OR r.id <= $2)
+        ), items AS (%4$s
+        ), canonicals AS (
+            SELECT i.source_id, jsonb_object_agg(i.kind, i.canonical) AS canonicals
+            FROM items AS i GROUP BY i.source_id
+        )
+        SELECT r.id::bigint, to_jsonb(r), k.canonicals,
+               (SELECT jsonb_object_agg(c.kind, c.payload_hash) FROM pub.content AS c
+                WHERE c.kind = ANY ($3) AND c.source_id = r.id)
+        FROM rows AS r
+        JOIN canonicals AS k ON k.source_id = r.id
+        ORDER BY r.id
+    $q$, app, source, pub.source_select_list(source), pub.source_items_sql(source, 'rows'))
+    USING lo, hi, kinds;
 END;
 $$;
 

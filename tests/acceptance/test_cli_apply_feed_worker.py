@@ -119,10 +119,12 @@ def test_status_reports_backlog_revs_and_disabled_capture(
     report = json.loads(run_inprocess(capsys, "--database-url", pub_db.url, "status", "--json").out)
     assert report["outbox_backlog"] == 0 and report["last_rev"] == 4
     assert report["items"]["question"] == {"live": 2, "tombstones": 0}
-    assert report["triggers"]["study_question.pub_capture_update"] == "disabled"
+    assert report["capture_problems"] == [
+        {"subject": "study_question.pub_capture_update", "problem": "disabled"}
+    ]
     assert report["capture_ok"] is False
     text = run_inprocess(capsys, "--database-url", pub_db.url, "status").out
-    assert "NOT CAPTURING: study_question.pub_capture_update disabled" in text
+    assert "NOT CAPTURING: study_question.pub_capture_update: disabled" in text
 
 
 def start_worker(db: Database, *extra: str) -> subprocess.Popen[str]:

@@ -7,9 +7,21 @@ from typing import Any
 
 import psycopg
 
+
+# An ACL as the sorted list of its entries, a never-granted (NULL) one as the default it
+# means: granting and revoking again leaves the same rights spelled explicitly.
+def _acl(column: str, kind: str, owner: str) -> str:
+    return (
+        f"(SELECT array_agg(a::text ORDER BY a::text) "
+        f"FROM unnest(COALESCE({column}, acldefault({kind}, {owner}))) AS a)"
+    )
+
+
+_RELATION_ACL_KIND = "CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::\"char\""
+
 CATALOG_QUERIES: dict[str, str] = {
-    "schema": """
-        SELECT nspname, nspacl::text, obj_description(oid, 'pg_namespace')
+    "schema": f"""
+        SELECT nspname, {_acl("nspacl", "'n'", "nspowner")}, obj_description(oid, 'pg_namespace')
         FROM pg_namespace WHERE nspname = 'pub'
     """,
     "columns": """
@@ -23,8 +35,10 @@ CATALOG_QUERIES: dict[str, str] = {
         WHERE n.nspname = 'pub' AND c.relname NOT LIKE 'alembic_version%'
         ORDER BY 1, 3
     """,
-    "relations": """
-        SELECT c.relname, c.relkind, c.relacl::text, obj_description(c.oid, 'pg_class'),
+    "relations": f"""
+        SELECT c.relname, c.relkind,
+               {_acl("c.relacl", _RELATION_ACL_KIND, "c.relowner")},
+               obj_description(c.oid, 'pg_class'),
                c.reloptions::text
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'pub' AND c.relname NOT LIKE 'alembic_version%'
@@ -43,9 +57,9 @@ CATALOG_QUERIES: dict[str, str] = {
         WHERE schemaname = 'pub' AND tablename NOT LIKE 'alembic_version%'
         ORDER BY 1
     """,
-    "functions": """
+    "functions": f"""
         SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_functiondef(p.oid),
-               p.proacl::text, obj_description(p.oid, 'pg_proc')
+               {_acl("p.proacl", "'f'", "p.proowner")}, p.proowner::regrole::text, obj_description(p.oid, 'pg_proc')
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = 'pub'
         ORDER BY 1, 2

@@ -1,0 +1,1135 @@
+-- Revision 0009 (frozen): capture that runs no code of the table owner's making and
+-- cannot be bypassed unnoticed, a publishing switch that transactions in flight cannot
+-- outrun, backfill pages bounded before they lock, and verify and backfill that read
+-- only the projected columns.
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- The publishing switch: an epoch per change, and the check capture makes before it
+-- skips a write.
+CREATE SEQUENCE pub.publishing_epoch AS bigint;
+
+ALTER TABLE pub.settings
+    ADD COLUMN publishing_epoch bigint NOT NULL DEFAULT pg_catalog.nextval('pub.publishing_epoch');
+-- Switch publishing on or off (`pubctl enable` / `pubctl disable`); returns the epoch
+-- of the change.
+CREATE FUNCTION pub.set_publishing(enabled boolean) RETURNS bigint
+    LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    UPDATE pub.settings
+    SET publishing_enabled = set_publishing.enabled,
+        publishing_epoch = pg_catalog.nextval('pub.publishing_epoch'),
+        changed_at = pg_catalog.now()
+    RETURNING publishing_epoch;
+END;
+
+-- Called by capture when its snapshot says publishing is off, before it skips a write.
+--
+-- The write is skipped only if the switch has not moved since that snapshot (a
+-- REPEATABLE READ transaction that began before `pubctl enable` keeps seeing "off"
+-- for the rest of its life; it must publish instead: extra outbox rows are harmless,
+-- missing ones are lost changes). The transaction is then marked, with a shared
+-- advisory lock held until it ends, as one that wrote without publishing:
+-- `pubctl enable` and the first page of a backfill wait for every such transaction,
+-- so a backfill always sees their writes. The mark is taken before the epoch is read:
+-- an `enable` that commits after the read finds the mark and waits for it.
+CREATE FUNCTION pub.unpublished_write_allowed() RETURNS boolean
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    seen bigint;
+    latest bigint;
+BEGIN
+    -- "pubctl" in ASCII, then 0006: writes made while publishing was off.
+    PERFORM pg_advisory_xact_lock_shared(8103491283817594886);
+    SELECT s.publishing_epoch INTO seen FROM pub.settings AS s;
+    SELECT e.last_value INTO latest FROM pub.publishing_epoch AS e;
+    RETURN seen IS NOT DISTINCT FROM latest;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.set_publishing(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.unpublished_write_allowed() FROM PUBLIC;
+
+-- The shape of the application's tables, checked where the projection runs; the
+-- per-source projection SQL that backfill and verify share.
+-- The shape of the application's tables that the projection relies on: the column
+-- types each projected column may have. `pubctl migrate` refuses anything else, and
+-- capture, backfill and verify check it again when they run, because a table owner
+-- can rename a column and add another of the same name and any type later. A type of
+-- the owner's making could carry an implicit cast or an operator, which would then run
+-- inside capture with the capture functions' rights; built-in types carry only
+-- built-in casts and operators. (pubctl.source.SOURCES is the same registry in Python;
+-- a test holds the two equal.)
+CREATE FUNCTION pub.source_columns(source text)
+    RETURNS TABLE (column_name text, allowed_types regtype[])
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT v.column_name, v.allowed_types
+    FROM (VALUES
+        ('study_topic', 'id', '{smallint,integer,bigint}'::regtype[]),
+        ('study_topic', 'name', '{text,character varying}'::regtype[]),
+        ('study_topic', 'exam_round_size', '{smallint,integer}'::regtype[]),
+        ('study_topic', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[]),
+        ('study_question', 'id', '{smallint,integer,bigint}'::regtype[]),
+        ('study_question', 'topic_id', '{smallint,integer,bigint}'::regtype[]),
+        ('study_question', 'exam_name', '{text,character varying}'::regtype[]),
+        ('study_question', 'exam_round', '{smallint,integer}'::regtype[]),
+        ('study_question', 'number', '{smallint,integer}'::regtype[]),
+        ('study_question', 'body', '{text,character varying}'::regtype[]),
+        ('study_question', 'choices', '{jsonb}'::regtype[]),
+        ('study_question', 'answer', '{smallint,integer}'::regtype[]),
+        ('study_question', 'explanation', '{text,character varying}'::regtype[]),
+        ('study_question', 'explanation_status', '{text,character varying}'::regtype[]),
+        ('study_question', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[])
+    ) AS v(source, column_name, allowed_types)
+    WHERE v.source = source_columns.source;
+END;
+
+-- What stops the projection from reading a source table safely, one line each, read
+-- from the catalog: a missing table or column, or a projected column of another type.
+CREATE FUNCTION pub.source_column_problems(source text) RETURNS SETOF text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
+    rel oid := (SELECT c.oid FROM pg_catalog.pg_class AS c
+                JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE n.nspname = app AND c.relname = source AND c.relkind IN ('r', 'p'));
+BEGIN
+    IF rel IS NULL THEN
+        RETURN NEXT format('table %I.%I is missing', app, source);
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT CASE
+                   WHEN a.atttypid IS NULL
+                       THEN format('column %I.%I.%I is missing', app, source, s.column_name)
+                   ELSE format('column %I.%I.%I is %s, expected %s', app, source,
+                               s.column_name, a.atttypid::regtype,
+                               array_to_string(s.allowed_types, ' or '))
+               END
+        FROM pub.source_columns(source) AS s
+        LEFT JOIN pg_catalog.pg_attribute AS a
+               ON a.attrelid = rel AND a.attname = s.column_name AND a.attnum > 0
+              AND NOT a.attisdropped
+        WHERE a.atttypid IS NULL OR NOT a.atttypid::regtype = ANY (s.allowed_types);
+END;
+$$;
+
+-- Everything wrong with the shape of one source table for capture, one line each: the
+-- column problems above, a primary key that is not exactly (id) or is DEFERRABLE (one
+-- statement could then swap two ids, and row-by-row capture would tombstone an id that
+-- still exists), and writes that bypass the table's statement triggers (partitions,
+-- inheritance children).
+CREATE FUNCTION pub.source_shape_problems(source text) RETURNS SETOF text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
+    rel oid := (SELECT c.oid FROM pg_catalog.pg_class AS c
+                JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE n.nspname = app AND c.relname = source AND c.relkind IN ('r', 'p'));
+BEGIN
+    RETURN QUERY SELECT p FROM pub.source_column_problems(source) AS p;
+    IF rel IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_constraint AS k
+        JOIN pg_catalog.pg_attribute AS a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+        WHERE k.conrelid = rel AND k.contype = 'p' AND cardinality(k.conkey) = 1
+          AND a.attname = 'id'
+    ) THEN
+        RETURN NEXT format('column %I.%I.id is not the primary key', app, source);
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_constraint AS k
+                  WHERE k.conrelid = rel AND k.contype = 'p' AND k.condeferrable) THEN
+        RETURN NEXT format('the primary key of %I.%I is DEFERRABLE', app, source);
+    END IF;
+    IF (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = rel) = 'p' THEN
+        RETURN NEXT format('%I.%I is partitioned (writes to a partition itself would bypass capture)',
+                           app, source);
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_inherits AS i WHERE i.inhparent = rel) THEN
+        RETURN NEXT format('%I.%I has inheritance children (writes to them would bypass capture)',
+                           app, source);
+    END IF;
+END;
+$$;
+
+-- Raises the shape error (SQLSTATE PB004). Reached only when a check fails. Its second
+-- argument is one of the types being checked: a call with only constant arguments could
+-- be evaluated by the planner while it estimates costs, and raise for a healthy table.
+CREATE FUNCTION pub.source_shape_violation(source text, probe regtype) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pubctl: %.% no longer has the shape pubctl projects',
+            (SELECT s.app_schema FROM pub.settings AS s), source
+        USING ERRCODE = 'PB004',
+              DETAIL = COALESCE((SELECT string_agg(p, '; ')
+                                 FROM pub.source_column_problems(source) AS p),
+                                'a projected column has a type capture does not accept'),
+              HINT = 'Restore the column types pubctl expects (docs/operations.md, "What '
+                     'pubctl needs of the application''s tables"); nothing was written.';
+END;
+$$;
+
+-- The checks capture makes on every statement (statement triggers) or row (the UPDATE
+-- trigger), before it reads any projected column: the types of the columns it is
+-- about to read, as pg_typeof gives them, which costs no catalog access. True, or the
+-- shape error. Inlinable SQL: the allowed types fold into constants.
+CREATE FUNCTION pub.require_topic_shape(
+    id regtype, name regtype, exam_round_size regtype, deleted_at regtype
+) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN id = ANY ('{smallint,integer,bigint}'::regtype[])
+             AND name = ANY ('{text,character varying}'::regtype[])
+             AND exam_round_size = ANY ('{smallint,integer}'::regtype[])
+             AND deleted_at = ANY ('{timestamp with time zone,timestamp without time zone}'::regtype[])
+            THEN true
+        ELSE pub.source_shape_violation('study_topic', id)
+    END;
+END;
+
+CREATE FUNCTION pub.require_question_shape(
+    id regtype, topic_id regtype, exam_name regtype, exam_round regtype, number regtype,
+    body regtype, choices regtype, answer regtype, explanation regtype,
+    explanation_status regtype, deleted_at regtype
+) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN id = ANY ('{smallint,integer,bigint}'::regtype[])
+             AND topic_id = ANY ('{smallint,integer,bigint}'::regtype[])
+             AND exam_name = ANY ('{text,character varying}'::regtype[])
+             AND exam_round = ANY ('{smallint,integer}'::regtype[])
+             AND number = ANY ('{smallint,integer}'::regtype[])
+             AND body = ANY ('{text,character varying}'::regtype[])
+             AND choices = 'jsonb'::regtype
+             AND answer = ANY ('{smallint,integer}'::regtype[])
+             AND explanation = ANY ('{text,character varying}'::regtype[])
+             AND explanation_status = ANY ('{text,character varying}'::regtype[])
+             AND deleted_at = ANY ('{timestamp with time zone,timestamp without time zone}'::regtype[])
+            THEN true
+        ELSE pub.source_shape_violation('study_question', id)
+    END;
+END;
+
+-- Backfill and verify check the columns from the catalog before each page.
+CREATE FUNCTION pub.require_source_shape(source text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pub.source_column_problems(source)) THEN
+        PERFORM pub.source_shape_violation(source, NULL);
+    END IF;
+END;
+$$;
+
+-- The one place that knows which kinds a source row publishes and through which
+-- projection function: a SELECT of (kind, source_id, canonical) over the rows of
+-- `relation` (a name the caller's dynamic SQL defines, holding the source's columns).
+-- Backfill and verify both build their queries from it.
+CREATE FUNCTION pub.source_items_sql(source text, relation text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE source
+        WHEN 'study_topic' THEN pg_catalog.format($q$
+            SELECT 'topic'::text AS kind, r.id::bigint AS source_id,
+                   pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at) AS canonical
+            FROM %1$I AS r$q$, relation)
+        WHEN 'study_question' THEN pg_catalog.format($q$
+            SELECT 'question'::text AS kind, r.id::bigint AS source_id,
+                   pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
+                                          r.body, r.choices, r.answer, r.deleted_at) AS canonical
+            FROM %1$I AS r
+            UNION ALL
+            SELECT 'explanation'::text, r.id::bigint,
+                   pub.explanation_canonical(r.id, r.explanation, r.explanation_status,
+                                             r.deleted_at)
+            FROM %1$I AS r$q$, relation)
+    END;
+END;
+
+-- The projected columns of a source as a select list over alias `r` ("r.id, r.name,
+-- ..."): what backfill and verify read, and nothing more (an extra column of any type
+-- is the application's business, and pubctl never touches its value).
+CREATE FUNCTION pub.source_select_list(source text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pg_catalog.string_agg(pg_catalog.format('r.%I', c.column_name), ', ')
+    FROM pub.source_columns(source) AS c;
+END;
+
+-- The kinds a source publishes.
+CREATE FUNCTION pub.source_kinds(source text) RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE source
+        WHEN 'study_topic' THEN '{topic}'::text[]
+        WHEN 'study_question' THEN '{question,explanation}'::text[]
+    END;
+END;
+
+-- The UPDATE path no longer trusts pubctl.last_enqueued (pub.enqueue_changes).
+DROP FUNCTION pub.enqueue(text[], bigint[], text[]);
+
+DO $detach$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+    tbl text;
+    trg text;
+BEGIN
+    FOREACH tbl IN ARRAY ARRAY['study_topic', 'study_question'] LOOP
+        FOREACH trg IN ARRAY ARRAY['pub_capture_insert', 'pub_capture_update',
+                                   'pub_capture_delete', 'pub_refuse_truncate'] LOOP
+            IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', app, tbl)) IS NOT NULL THEN
+                EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %I.%I', trg, app, tbl);
+            END IF;
+        END LOOP;
+    END LOOP;
+END;
+$detach$;
+
+-- The triggers pubctl attached, as pg_get_triggerdef printed them then: status and
+-- verify report a trigger that is missing, disabled, replica-only or defined otherwise
+-- (another function, timing, level, event, WHEN clause or column).
+CREATE TABLE pub.capture_triggers (
+    table_name   name NOT NULL,
+    trigger_name name NOT NULL,
+    definition   text NOT NULL,
+    PRIMARY KEY (table_name, trigger_name)
+);
+
+COMMENT ON TABLE pub.capture_triggers IS
+    'The triggers pubctl attached to the application''s tables, as defined when attached; status and verify compare the catalog with them.';
+
+-- The statement triggers write one INSERT ... SELECT per kind from the transition
+-- table. Each SELECT filters on liveness and computes the canonical text in a
+-- subquery kept apart by OFFSET 0, so that the text is built once per row although
+-- both the payload and the hash use it. (One INSERT per statement through a LATERAL
+-- VALUES list of kinds measured 1.45x slower on a 100k-row insert.) The shape check is
+-- a one-time filter over the first row of the transition table: it runs before the
+-- subquery reads any column, and costs no catalog access.
+
+CREATE OR REPLACE FUNCTION pub.capture_topic_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    -- A row inserted already deleted was never published: nothing to tombstone.
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'topic', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.topic_is_live(r.deleted_at)
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_topic_shape(pg_typeof(t.id), pg_typeof(t.name),
+                                          pg_typeof(t.exam_round_size), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_question_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    enqueued boolean;
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'question', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
+                                        r.body, r.choices, r.answer, r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.question_is_live(r.deleted_at)
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
+    enqueued := FOUND;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'explanation', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.explanation_canonical(r.id, r.explanation, r.explanation_status,
+                                           r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.explanation_is_live(r.deleted_at, r.explanation_status)
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
+    IF enqueued OR FOUND THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Only items that were live need a tombstone: a row that stays deleted adds nothing.
+CREATE OR REPLACE FUNCTION pub.capture_topic_delete() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'topic', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+           pub.schema_version(), true
+    FROM old_rows AS r
+    WHERE pub.topic_is_live(r.deleted_at)
+      AND (SELECT pub.require_topic_shape(pg_typeof(t.id), pg_typeof(t.name),
+                                          pg_typeof(t.exam_round_size), pg_typeof(t.deleted_at))
+           FROM old_rows AS t LIMIT 1) IS NOT FALSE;
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_question_delete() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT k.kind, r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+           pub.schema_version(), true
+    FROM old_rows AS r
+    CROSS JOIN (VALUES ('question'), ('explanation')) AS k(kind)
+    WHERE CASE k.kind
+              WHEN 'question' THEN pub.question_is_live(r.deleted_at)
+              ELSE pub.explanation_is_live(r.deleted_at, r.explanation_status)
+          END
+      AND (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM old_rows AS t LIMIT 1) IS NOT FALSE;
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- The UPDATE path's writer: puts a row's changed items into the outbox (canonical
+-- NULL = tombstone), one INSERT for all of them.
+--
+-- An ORM that saves one object several times in a transaction updates the same row
+-- again and again; only its last state needs publishing. The setting
+-- pubctl.last_enqueued (SET LOCAL: gone at commit or rollback) names the outbox rows
+-- the previous call wrote, and a call for the same items removes them first. A writer
+-- can set that setting to anything, so it only says where to look: a row is removed
+-- only if it is the same item's and was written by this very transaction (its xmin is
+-- this transaction's id), rows nobody else has seen. A forged setting can remove
+-- nothing else; at worst an item keeps an extra row, which the applier's churn rule
+-- makes harmless. Each removal is a primary-key lookup, whatever the outbox's
+-- statistics say.
+CREATE FUNCTION pub.enqueue_changes(kinds text[], source_ids bigint[], canonicals text[])
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    previous jsonb;
+    superseded bigint;
+    remembered text;
+    written integer;
+BEGIN
+    BEGIN
+        previous := NULLIF(current_setting('pubctl.last_enqueued', true), '')::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        previous := NULL;  -- not ours: ignore it
+    END;
+    IF jsonb_typeof(previous) = 'object' THEN
+        FOR i IN 1 .. cardinality(kinds) LOOP
+            superseded := CASE WHEN jsonb_typeof(previous -> (kinds[i] || ':' || source_ids[i])) = 'number'
+                               THEN (previous ->> (kinds[i] || ':' || source_ids[i]))::numeric::bigint END;
+            IF superseded IS NOT NULL THEN
+                DELETE FROM pub.outbox AS o
+                WHERE o.id = superseded AND o.kind = kinds[i] AND o.source_id = source_ids[i]
+                  AND o.xmin = pg_current_xact_id()::xid;
+            END IF;
+        END LOOP;
+    END IF;
+    WITH inserted AS (
+        INSERT INTO pub.outbox AS o
+            (kind, source_id, payload, payload_hash, schema_version, deleted)
+        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
+               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
+        FROM unnest(kinds, source_ids, canonicals) AS i(kind, source_id, canonical)
+        RETURNING o.kind, o.source_id, o.id
+    )
+    SELECT count(*), jsonb_object_agg(r.kind || ':' || r.source_id, r.id)::text
+    INTO written, remembered
+    FROM inserted AS r;
+    remembered := set_config('pubctl.last_enqueued', COALESCE(remembered, ''), true);
+    IF written > 0 THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN written;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_topic_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Before any column is read (pub.require_topic_shape); OLD has NEW's row type.
+    shape_ok constant boolean := pub.require_topic_shape(
+        pg_typeof(NEW.id), pg_typeof(NEW.name), pg_typeof(NEW.exam_round_size),
+        pg_typeof(NEW.deleted_at));
+    was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
+    is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
+    kinds text[] := '{}';
+    ids bigint[] := '{}';
+    canonicals text[] := '{}';
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF OLD.id IS DISTINCT FROM NEW.id THEN
+        -- A new id is a new item: the old one ends, the new one begins.
+        IF was_live THEN
+            kinds := kinds || 'topic'::text; ids := ids || OLD.id::bigint;
+            canonicals := canonicals || NULL::text;
+        END IF;
+        IF is_live THEN
+            kinds := kinds || 'topic'::text; ids := ids || NEW.id::bigint;
+            canonicals := canonicals
+                || pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
+        END IF;
+    ELSIF was_live IS DISTINCT FROM is_live
+          OR (is_live AND ((OLD.name COLLATE "C"), OLD.exam_round_size)
+                          IS DISTINCT FROM ((NEW.name COLLATE "C"), NEW.exam_round_size)) THEN
+        kinds := '{topic}'; ids := ARRAY[NEW.id::bigint];
+        canonicals := ARRAY[pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size,
+                                                NEW.deleted_at)];
+    END IF;
+    IF cardinality(kinds) > 0 THEN
+        PERFORM pub.enqueue_changes(kinds, ids, canonicals);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_question_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Before any column is read (pub.require_question_shape); OLD has NEW's row type.
+    shape_ok constant boolean := pub.require_question_shape(
+        pg_typeof(NEW.id), pg_typeof(NEW.topic_id), pg_typeof(NEW.exam_name),
+        pg_typeof(NEW.exam_round), pg_typeof(NEW.number), pg_typeof(NEW.body),
+        pg_typeof(NEW.choices), pg_typeof(NEW.answer), pg_typeof(NEW.explanation),
+        pg_typeof(NEW.explanation_status), pg_typeof(NEW.deleted_at));
+    question_was_live constant boolean := pub.question_is_live(OLD.deleted_at);
+    question_is_live constant boolean := pub.question_is_live(NEW.deleted_at);
+    explanation_was_live constant boolean :=
+        pub.explanation_is_live(OLD.deleted_at, OLD.explanation_status);
+    explanation_is_live constant boolean :=
+        pub.explanation_is_live(NEW.deleted_at, NEW.explanation_status);
+    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
+    kinds text[] := '{}';
+    ids bigint[] := '{}';
+    canonicals text[] := '{}';
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF NOT same_id THEN
+        -- A new id is a new item: the old one ends, the new one begins.
+        IF question_was_live THEN
+            kinds := kinds || 'question'::text; ids := ids || OLD.id::bigint;
+            canonicals := canonicals || NULL::text;
+        END IF;
+        IF explanation_was_live THEN
+            kinds := kinds || 'explanation'::text; ids := ids || OLD.id::bigint;
+            canonicals := canonicals || NULL::text;
+        END IF;
+    END IF;
+    IF (question_is_live
+        AND (NOT same_id OR NOT question_was_live
+             OR (OLD.topic_id, (OLD.exam_name COLLATE "C"), OLD.exam_round, OLD.number,
+                 (OLD.body COLLATE "C"), OLD.choices, OLD.answer)
+                IS DISTINCT FROM (NEW.topic_id, (NEW.exam_name COLLATE "C"), NEW.exam_round,
+                                  NEW.number, (NEW.body COLLATE "C"), NEW.choices, NEW.answer)))
+       OR (same_id AND question_was_live AND NOT question_is_live) THEN
+        kinds := kinds || 'question'::text; ids := ids || NEW.id::bigint;
+        canonicals := canonicals || pub.question_canonical(
+            NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
+            NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
+    END IF;
+    IF (explanation_is_live
+        AND (NOT same_id OR NOT explanation_was_live
+             OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
+       OR (same_id AND explanation_was_live AND NOT explanation_is_live) THEN
+        kinds := kinds || 'explanation'::text; ids := ids || NEW.id::bigint;
+        canonicals := canonicals || pub.explanation_canonical(
+            NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
+    END IF;
+    IF cardinality(kinds) > 0 THEN
+        PERFORM pub.enqueue_changes(kinds, ids, canonicals);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- TRUNCATE fires no row triggers: refused while publishing is on, also for a
+-- transaction whose snapshot still says "off" after `pubctl enable` (see
+-- pub.unpublished_write_allowed, which also makes enable wait for the truncation).
+CREATE OR REPLACE FUNCTION pub.refuse_truncate() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pub.publishing_enabled() OR NOT pub.unpublished_write_allowed() THEN
+        RAISE EXCEPTION 'pubctl: TRUNCATE of %.% is refused while publishing is on',
+                TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'PB002',
+                  DETAIL = 'TRUNCATE fires no row triggers: the published copy would keep '
+                           'every truncated row.',
+                  HINT = 'Soft-delete the rows (set deleted_at) or DELETE them; or run '
+                         '`pubctl disable`, TRUNCATE, `pubctl enable`, `pubctl backfill all`.';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.capture_topic_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_question_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_topic_delete() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_question_delete() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_topic_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.capture_question_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.refuse_truncate() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.enqueue_changes(text[], bigint[], text[]) FROM PUBLIC;
+
+-- Everything that would make capture miss writes without failing them, one row each,
+-- for `pubctl status` and `pubctl verify` (one query for both):
+-- * publishing switched off;
+-- * one of our triggers missing, disabled, replica-only, or no longer as attached;
+-- * a source table whose shape no longer fits (pub.source_shape_problems);
+-- * session_replication_role = replica set for a role or for the database (ALTER
+--   ROLE / ALTER DATABASE ... SET), or in the calling session: no trigger fires there;
+-- * capture functions that run as a role able to log in or as a superuser.
+CREATE FUNCTION pub.capture_problems() RETURNS TABLE (subject text, problem text)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
+BEGIN
+    IF NOT (SELECT s.publishing_enabled FROM pub.settings AS s) THEN
+        RETURN QUERY SELECT 'publishing'::text, 'publishing is switched off'::text;
+    END IF;
+
+    RETURN QUERY
+    SELECT format('%s.%s', e.table_name, e.trigger_name),
+           CASE
+               WHEN t.oid IS NULL THEN 'missing'
+               WHEN t.tgenabled = 'D' THEN 'disabled'
+               WHEN t.tgenabled = 'R' THEN 'fires only under session_replication_role = replica'
+               ELSE 'defined otherwise than pubctl attached it: ' || pg_get_triggerdef(t.oid)
+           END
+    FROM pub.capture_triggers AS e
+    LEFT JOIN pg_catalog.pg_class AS c
+           ON c.relname = e.table_name
+          AND c.relnamespace = (SELECT n.oid FROM pg_catalog.pg_namespace AS n
+                                WHERE n.nspname = app)
+    LEFT JOIN pg_catalog.pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = e.trigger_name
+    WHERE t.oid IS NULL OR t.tgenabled IN ('D', 'R')
+       OR pg_get_triggerdef(t.oid) <> e.definition
+    ORDER BY 1;
+
+    RETURN QUERY
+    SELECT s.source, p
+    FROM (VALUES ('study_topic'), ('study_question')) AS s(source),
+         LATERAL pub.source_shape_problems(s.source) AS p;
+
+    RETURN QUERY
+    SELECT CASE
+               WHEN d.setrole = 0 THEN format('database %s', current_database())
+               WHEN d.setdatabase = 0 THEN format('role %s', d.setrole::regrole)
+               ELSE format('role %s in database %s', d.setrole::regrole, current_database())
+           END,
+           'session_replication_role = replica is set: its writes fire no trigger'
+    FROM pg_catalog.pg_db_role_setting AS d
+    WHERE d.setdatabase IN (0, (SELECT b.oid FROM pg_catalog.pg_database AS b
+                                WHERE b.datname = current_database()))
+      AND EXISTS (SELECT FROM unnest(d.setconfig) AS c
+                  WHERE lower(replace(c, ' ', '')) IN ('session_replication_role=replica',
+                                                       'session_replication_role=''replica'''))
+    ORDER BY 1;
+
+    IF current_setting('session_replication_role') = 'replica' THEN
+        RETURN QUERY SELECT 'this session'::text,
+            'session_replication_role = replica: its writes fire no trigger'::text;
+    END IF;
+
+    RETURN QUERY
+    SELECT format('capture functions'),
+           format('run as role %s, which %s', r.rolname,
+                  CASE WHEN r.rolsuper THEN 'is a superuser' ELSE 'can log in' END)
+    FROM pg_catalog.pg_proc AS f
+    JOIN pg_catalog.pg_roles AS r ON r.oid = f.proowner
+    WHERE f.oid = 'pub.capture_topic_insert()'::regprocedure
+      AND r.rolname = 'pubctl_capture' AND (r.rolcanlogin OR r.rolsuper);
+END;
+$$;
+
+-- Attach the triggers to the application's tables, in the schema recorded at install,
+-- and record their definitions. The WHEN clauses list every projected column (and
+-- liveness, not the deleted_at timestamp itself): an UPDATE that changes none of them
+-- never calls the function. Text columns compare in the "C" collation, byte for byte:
+-- under a nondeterministic collation 'Anatomy' and 'anatomy' would compare equal, and
+-- the change would never be published.
+DO $attach$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+BEGIN
+    EXECUTE format($sql$
+        CREATE TRIGGER pub_capture_insert AFTER INSERT ON %1$I.study_topic
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_topic_insert();
+        CREATE TRIGGER pub_capture_update AFTER UPDATE ON %1$I.study_topic
+            FOR EACH ROW
+            WHEN ((OLD.id, OLD.name COLLATE "C", OLD.exam_round_size, OLD.deleted_at IS NULL)
+                  IS DISTINCT FROM
+                  (NEW.id, NEW.name COLLATE "C", NEW.exam_round_size, NEW.deleted_at IS NULL))
+            EXECUTE FUNCTION pub.capture_topic_update();
+        CREATE TRIGGER pub_capture_delete AFTER DELETE ON %1$I.study_topic
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_topic_delete();
+        CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_topic
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
+
+        CREATE TRIGGER pub_capture_insert AFTER INSERT ON %1$I.study_question
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_question_insert();
+        CREATE TRIGGER pub_capture_update AFTER UPDATE ON %1$I.study_question
+            FOR EACH ROW
+            WHEN ((OLD.id, OLD.topic_id, OLD.exam_name COLLATE "C", OLD.exam_round, OLD.number,
+                   OLD.body COLLATE "C", OLD.choices, OLD.answer, OLD.explanation COLLATE "C",
+                   OLD.explanation_status COLLATE "C", OLD.deleted_at IS NULL)
+                  IS DISTINCT FROM
+                  (NEW.id, NEW.topic_id, NEW.exam_name COLLATE "C", NEW.exam_round, NEW.number,
+                   NEW.body COLLATE "C", NEW.choices, NEW.answer, NEW.explanation COLLATE "C",
+                   NEW.explanation_status COLLATE "C", NEW.deleted_at IS NULL))
+            EXECUTE FUNCTION pub.capture_question_update();
+        CREATE TRIGGER pub_capture_delete AFTER DELETE ON %1$I.study_question
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_question_delete();
+        CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_question
+            FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
+    $sql$, app);
+    INSERT INTO pub.capture_triggers (table_name, trigger_name, definition)
+    SELECT c.relname, t.tgname, pg_catalog.pg_get_triggerdef(t.oid)
+    FROM pg_catalog.pg_trigger AS t
+    JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = app AND c.relname IN ('study_topic', 'study_question')
+      AND t.tgname IN ('pub_capture_insert', 'pub_capture_update', 'pub_capture_delete',
+                       'pub_refuse_truncate');
+END;
+$attach$;
+
+-- Hand the capture functions to the NOLOGIN role pubctl_capture, holding exactly what
+-- capture needs, when this role may create it (superuser or CREATEROLE) or already
+-- belongs to it; otherwise they stay with this role. An existing pubctl_capture that
+-- can log in, or has any right beyond NOLOGIN, is refused: someone could act as it.
+DO $owner$
+DECLARE
+    me record;
+    capture record;
+BEGIN
+    SELECT r.* INTO me FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user;
+    SELECT r.* INTO capture FROM pg_catalog.pg_roles AS r WHERE r.rolname = 'pubctl_capture';
+    IF capture IS NULL THEN
+        IF NOT (me.rolsuper OR me.rolcreaterole) THEN
+            RETURN;  -- capture runs as this role
+        END IF;
+        BEGIN
+            CREATE ROLE pubctl_capture NOLOGIN NOINHERIT;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- another database's migration created it meanwhile
+        END;
+        SELECT r.* INTO capture FROM pg_catalog.pg_roles AS r WHERE r.rolname = 'pubctl_capture';
+    END IF;
+    IF capture.rolcanlogin OR capture.rolsuper OR capture.rolcreaterole OR capture.rolcreatedb
+       OR capture.rolreplication OR capture.rolbypassrls THEN
+        RAISE EXCEPTION 'pubctl: role pubctl_capture exists and is not safe to run capture as'
+            USING ERRCODE = 'PB005',
+                  DETAIL = 'It can log in or holds rights beyond NOLOGIN: whoever can act as '
+                           'it could write the outbox.',
+                  HINT = 'ALTER ROLE pubctl_capture NOLOGIN NOSUPERUSER NOCREATEROLE '
+                         'NOCREATEDB NOREPLICATION NOBYPASSRLS, or drop it, then migrate again.';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(current_user, 'pubctl_capture', 'MEMBER') THEN
+        IF NOT me.rolcreaterole THEN
+            RETURN;  -- not ours to use: capture runs as this role
+        END IF;
+        GRANT pubctl_capture TO CURRENT_USER;
+    END IF;
+    GRANT USAGE ON SCHEMA pub TO pubctl_capture;
+    GRANT SELECT, INSERT, DELETE ON pub.outbox TO pubctl_capture;
+    GRANT SELECT ON pub.settings TO pubctl_capture;
+    GRANT SELECT ON SEQUENCE pub.publishing_epoch TO pubctl_capture;
+    GRANT EXECUTE ON FUNCTION pub.unpublished_write_allowed(), pub.notify_outbox()
+        TO pubctl_capture;
+    ALTER FUNCTION pub.capture_topic_insert() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_question_insert() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_topic_delete() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_question_delete() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_topic_update() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.capture_question_update() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.refuse_truncate() OWNER TO pubctl_capture;
+    ALTER FUNCTION pub.enqueue_changes(text[], bigint[], text[]) OWNER TO pubctl_capture;
+END;
+$owner$;
+
+-- Backfill pages bounded before they lock; a finished flag instead of a short page.
+DROP FUNCTION pub.backfill_page(text, bigint, integer, boolean, boolean);
+
+-- One page of a backfill, in one transaction (READ COMMITTED, which the page checks):
+--
+-- 1. Its bounds come from an unlocked keyset read: the ids of the next page_size rows
+--    after after_id. The page covers (after_id, upper], upper being the last of those
+--    ids, or no bound at all when fewer rows remain (the last page owns every id after
+--    after_id).
+-- 2. It reads the rows in exactly that range FOR SHARE (at most page_size of them) and
+--    enqueues, through the same projection the triggers use:
+--    * every live item's payload (the applier drops what is already published: churn 0);
+--    * a tombstone for every item published live whose row is deleted or not ready;
+--    * with include_deleted, a tombstone for every non-live item of the page.
+--    A writer already updating one of the rows makes the page wait and read its
+--    version; a later writer waits for the page to commit, so its outbox row gets the
+--    larger id. A row whose id a concurrent UPDATE moves out of the range is left to
+--    the page that covers its new id: the range, its tombstones and the checkpoint
+--    (last_id) never follow an id a concurrent write produced. (FOR KEY SHARE would not
+--    do: it does not conflict with an ordinary UPDATE.)
+-- 3. Items published live whose source row is gone (deleted while publishing was off)
+--    get tombstones too, in the range the page covered. Absence cannot be locked row by
+--    row: a concurrent transaction inserting that id could commit after the page read
+--    and before it, with a smaller outbox id. So the candidates are found with a fresh
+--    snapshot, leaving out items whose newest outbox row is a tombstone already; if any
+--    remain, the page takes a SHARE lock on the source table (which waits at most
+--    2 seconds for the writers in flight, and then holds new ones until the page
+--    commits) and finds them again with a snapshot no writer can be behind. Such items
+--    only exist after changes that capture did not see, so this lock is rare.
+--
+-- With dry_run nothing is written or locked; the counts say what would be. last_id is
+-- the checkpoint, the last id the page covered (the next page starts after it);
+-- finished says this was the last page.
+CREATE FUNCTION pub.backfill_page(
+    source text, after_id bigint, page_size integer, include_deleted boolean, dry_run boolean,
+    OUT rows_read integer, OUT last_id bigint, OUT enqueued integer, OUT finished boolean
+)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    -- Row-level security policies would hide rows from the backfill (and run the table
+    -- owner's code as this role): with it off, a policy makes the page fail instead.
+    SET row_security = off
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+    kinds text[] := pub.source_kinds(source);
+    upper_id bigint;
+    last_locked bigint;
+    gone_sql text;
+    gone integer;
+BEGIN
+    IF page_size IS NULL OR page_size < 1 THEN
+        RAISE EXCEPTION 'pubctl: page size must be a positive integer, got %', page_size
+            USING ERRCODE = 'PB003', DETAIL = 'backfill_page reads at most page_size rows.',
+                  HINT = 'Pass a page size of 1 or more.';
+    END IF;
+    IF kinds IS NULL THEN
+        RAISE EXCEPTION 'pubctl: unknown backfill source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Use `pubctl backfill topics|questions|all`.';
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pubctl: a backfill page must run at READ COMMITTED, not %',
+                current_setting('transaction_isolation')
+            USING ERRCODE = 'PB006',
+                  DETAIL = 'The page locks its rows and reads their newest versions; a '
+                           'snapshot older than the locks would enqueue stale payloads.',
+                  HINT = 'Run the page in a READ COMMITTED transaction (pubctl does).';
+    END IF;
+    PERFORM pub.require_source_shape(source);
+
+    -- 1. The page's bounds, unlocked.
+    EXECUTE format(
+        'SELECT count(*)::integer, max(p.id)::bigint FROM '
+        '(SELECT r.id FROM %I.%I AS r WHERE r.id > $1 ORDER BY r.id LIMIT $2) AS p',
+        app, source)
+    INTO rows_read, upper_id
+    USING after_id, page_size;
+    finished := rows_read < page_size;
+    IF finished THEN
+        upper_id := NULL;
+    END IF;
+
+    -- 2. The rows of exactly that range, locked; their items.
+    EXECUTE format($q$
+        WITH page AS MATERIALIZED (
+            SELECT %3$s
+            FROM %1$I.%2$I AS r
+            WHERE r.id > $1 AND ($2::bigint IS NULL OR r.id <= $2)
+            ORDER BY r.id
+            LIMIT $3
+            FOR SHARE
+        ), items AS MATERIALIZED (%4$s
+        ), wanted AS MATERIALIZED (
+            SELECT i.kind, i.source_id, i.canonical
+            FROM items AS i
+            WHERE i.canonical IS NOT NULL
+               OR $4
+               OR EXISTS (SELECT FROM pub.content AS c
+                          WHERE (c.kind, c.source_id) = (i.kind, i.source_id) AND NOT c.deleted)
+        ), written AS (
+            INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+            SELECT w.kind, w.source_id, pub.outbox_payload(w.canonical),
+                   pub.outbox_payload_hash(w.canonical), pub.schema_version(), w.canonical IS NULL
+            FROM wanted AS w
+            WHERE NOT $5
+            RETURNING 1
+        )
+        SELECT (SELECT count(*)::integer FROM page), (SELECT max(p.id)::bigint FROM page AS p),
+               (SELECT count(*)::integer FROM wanted)
+    $q$, app, source, pub.source_select_list(source), pub.source_items_sql(source, 'page'))
+    INTO rows_read, last_locked, enqueued
+    USING after_id, upper_id, page_size, include_deleted, dry_run;
+    IF rows_read = page_size THEN
+        -- A full page ends at its last row: rows that arrived in the range since step 1
+        -- are the next page's.
+        upper_id := last_locked;
+        finished := false;
+    END IF;
+    last_id := COALESCE(upper_id, last_locked, after_id);
+
+    -- 3. Published live, source row gone, not already being tombstoned.
+    gone_sql := format($q$
+        SELECT c.kind, c.source_id
+        FROM pub.content AS c
+        WHERE c.kind = ANY ($1) AND NOT c.deleted
+          AND c.source_id > $2 AND ($3::bigint IS NULL OR c.source_id <= $3)
+          AND NOT EXISTS (SELECT FROM %1$I.%2$I AS r WHERE r.id = c.source_id)
+          AND COALESCE((SELECT o.deleted FROM pub.outbox AS o
+                        WHERE o.kind = c.kind AND o.source_id = c.source_id
+                        ORDER BY o.id DESC LIMIT 1), false) = false
+    $q$, app, source);
+    EXECUTE format('SELECT count(*)::integer FROM (%s) AS g', gone_sql)
+    INTO gone USING kinds, after_id, upper_id;
+    IF gone > 0 AND NOT dry_run THEN
+        PERFORM set_config('lock_timeout', '2s', true);
+        EXECUTE format('LOCK TABLE %I.%I IN SHARE MODE', app, source);
+        EXECUTE format($q$
+            WITH written AS (
+                INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+                SELECT g.kind, g.source_id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+                       pub.schema_version(), true
+                FROM (%s) AS g
+                RETURNING 1
+            )
+            SELECT count(*)::integer FROM written
+        $q$, gone_sql)
+        INTO gone USING kinds, after_id, upper_id;
+    END IF;
+    enqueued := enqueued + gone;
+
+    IF NOT dry_run THEN
+        UPDATE pub.backfill_runs AS r
+        SET last_id = backfill_page.last_id,
+            rows_done = r.rows_done + backfill_page.rows_read,
+            enqueued = r.enqueued + backfill_page.enqueued,
+            updated_at = now()
+        WHERE r.source = backfill_page.source;
+        IF backfill_page.enqueued > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+    END IF;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.backfill_page(text, bigint, integer, boolean, boolean) FROM PUBLIC;
+
+-- Like backfill, verify reads only the projected columns, checks their types first
+-- (pub.require_source_shape), and runs with row-level security off: it must see every
+-- row, and never run code of the table owner's making as the operator.
+CREATE OR REPLACE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
+    RETURNS TABLE (kind text, source_id bigint, category text, pending boolean, detail text[])
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    SET row_security = off
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+    kinds text[] := pub.source_kinds(source);
+BEGIN
+    IF kinds IS NULL THEN
+        RAISE EXCEPTION 'pubctl: unknown verify source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Use `pubctl verify --kind topic|question|explanation`.';
+    END IF;
+    PERFORM pub.require_source_shape(source);
+
+    RETURN QUERY EXECUTE format($q$
+        WITH rows AS MATERIALIZED (
+            SELECT %3$s FROM %1$I.%2$I AS r WHERE r.id > $1 AND ($2 IS NULL OR r.id <= $2)
+        ), expected AS MATERIALIZED (%4$s
+        ), published AS (
+            SELECT c.* FROM pub.content AS c
+            WHERE c.kind = ANY ($3) AND c.source_id > $1 AND ($2 IS NULL OR c.source_id <= $2)
+        ), joined AS MATERIALIZED (
+            SELECT COALESCE(e.kind, p.kind) AS kind, COALESCE(e.source_id, p.source_id) AS source_id,
+                   e.canonical::jsonb AS want, pub.payload_hash(e.canonical) AS want_hash,
+                   p.payload AS have, p.payload_hash AS have_hash,
+                   COALESCE(NOT p.deleted, false) AS have_live, p.schema_version
+            FROM expected AS e
+            FULL JOIN published AS p ON (p.kind, p.source_id) = (e.kind, e.source_id)
+        ), waiting AS (
+            -- Items with outbox rows not applied yet: one scan of the outbox per range.
+            SELECT DISTINCT o.kind, o.source_id FROM pub.outbox AS o
+            WHERE o.kind = ANY ($3) AND o.source_id > $1 AND ($2 IS NULL OR o.source_id <= $2)
+        ), judged AS (
+            SELECT j.*,
+                   CASE
+                       WHEN j.want IS NOT NULL AND NOT j.have_live THEN 'missing'
+                       WHEN j.want IS NULL AND j.have_live THEN 'orphaned'
+                       WHEN j.want IS NOT NULL
+                            AND (j.have_hash <> j.want_hash OR j.have <> j.want) THEN 'stale'
+                       -- A tombstone is {} with the hash of {}.
+                       WHEN j.want IS NULL AND j.have IS NOT NULL
+                            AND (j.have <> '{}' OR j.have_hash <> pub.payload_hash('{}'))
+                           THEN 'stale'
+                   END AS category
+            FROM joined AS j
+        )
+        SELECT j.kind, j.source_id, j.category, w.kind IS NOT NULL,
+               CASE WHEN j.category = 'stale' THEN ARRAY(
+                   SELECT COALESCE(a.key, b.key)
+                   FROM jsonb_each(j.want) AS a
+                   FULL JOIN jsonb_each(j.have) AS b ON b.key = a.key
+                   WHERE a.value IS DISTINCT FROM b.value
+                   ORDER BY 1)
+               END
+        FROM judged AS j
+        LEFT JOIN waiting AS w ON (w.kind, w.source_id) = (j.kind, j.source_id)
+        WHERE j.category IS NOT NULL
+        UNION ALL
+        SELECT j.kind, j.source_id, 'old_schema', false,
+               ARRAY['schema_version ' || j.schema_version]
+        FROM joined AS j
+        WHERE j.schema_version < pub.schema_version()
+    $q$, app, source, pub.source_select_list(source), pub.source_items_sql(source, 'rows'))
+    USING lo, hi, kinds;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.verify_range(text, bigint, bigint) FROM PUBLIC;
+
+-- The upper bound of the next keyset page of a source table: the id of its
+-- page_size-th row after after_id, and how many rows the page has.
+CREATE OR REPLACE FUNCTION pub.source_page_bound(
+    source text, after_id bigint, page_size integer, OUT rows_in_page integer, OUT last_id bigint
+)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    SET row_security = off
+AS $$
+BEGIN
+    IF pub.source_kinds(source) IS NULL THEN
+        RAISE EXCEPTION 'pubctl: unknown source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Pass study_topic or study_question.';
+    END IF;
+    PERFORM pub.require_source_shape(source);
+    EXECUTE format(
+        'SELECT count(*)::integer, max(id)::bigint FROM '
+        '(SELECT t.id FROM %I.%I AS t WHERE t.id > $1 ORDER BY t.id LIMIT $2) AS page',
+        (SELECT s.app_schema FROM pub.settings s), source)
+    INTO rows_in_page, last_id
+    USING after_id, page_size;
+END;
+$$;
+
+-- The source rows of a range as jsonb (their projected columns only), each with its
+-- items' canonical text from the SQL projection and their published hashes: what the
+-- Python reference projection and its own RFC 8785 hashes are held against.
+CREATE OR REPLACE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
+    RETURNS TABLE (source_id bigint, row_data jsonb, canonicals jsonb, published_hashes jsonb)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    SET row_security = off
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+    kinds text[] := pub.source_kinds(source);
+BEGIN
+    IF kinds IS NULL THEN
+        RAISE EXCEPTION 'pubctl: unknown source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Pass study_topic or study_question.';
+    END IF;
+    PERFORM pub.require_source_shape(source);
+    RETURN QUERY EXECUTE format($q$
+        WITH rows AS MATERIALIZED (
+            SELECT %3$s FROM %1$I.%2$I AS r WHERE r.id > $1 AND ($2 IS NULL OR r.id <= $2)
+        ), items AS (%4$s
+        ), canonicals AS (
+            SELECT i.source_id, jsonb_object_agg(i.kind, i.canonical) AS canonicals
+            FROM items AS i GROUP BY i.source_id
+        )
+        SELECT r.id::bigint, to_jsonb(r), k.canonicals,
+               (SELECT jsonb_object_agg(c.kind, c.payload_hash) FROM pub.content AS c
+                WHERE c.kind = ANY ($3) AND c.source_id = r.id)
+        FROM rows AS r
+        JOIN canonicals AS k ON k.source_id = r.id
+        ORDER BY r.id
+    $q$, app, source, pub.source_select_list(source), pub.source_items_sql(source, 'rows'))
+    USING lo, hi, kinds;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.source_page_bound(text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.source_projection(text, bigint, bigint) FROM PUBLIC;
