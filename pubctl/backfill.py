@@ -23,10 +23,11 @@ SOURCES = {"topics": "study_topic", "questions": "study_question"}
 # keeping each page's row locks to a fraction of a second (see BENCHMARKS.md).
 DEFAULT_PAGE_SIZE = 5000
 BACKLOG_POLL_S = 1.0
-# A page that must tombstone items whose rows are gone takes a SHARE lock on the table
-# for a moment (see pub.backfill_page), waiting at most 2 s for writers in flight;
-# when a long transaction keeps it from that, the page is tried again this many times.
-PAGE_LOCK_ATTEMPTS = 5
+# A page gives way instead of waiting long: when a long transaction keeps it from the
+# SHARE lock it takes to tombstone items whose rows are gone (see pub.backfill_page; it
+# waits at most 2 s), or a writer holding rows in another order makes it a deadlock
+# victim, the page is rolled back and tried again, this many times in all.
+PAGE_ATTEMPTS = 5
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -195,9 +196,9 @@ class Backfill:
                 return "finished"
 
     def _page(self, source: str, after_id: int, page_size: int) -> tuple[Any, ...]:
-        """One page; tried again when its table lock for tombstones had to give way."""
+        """One page; tried again when it had to give way to a writer."""
         opts = self.options
-        for attempt in range(1, PAGE_LOCK_ATTEMPTS + 1):
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
             try:
                 row = self.conn.execute(
                     query("backfill_page"),
@@ -211,12 +212,12 @@ class Backfill:
                 ).fetchone()
                 assert row is not None
                 return tuple(row)
-            except psycopg.errors.LockNotAvailable:
-                if attempt == PAGE_LOCK_ATTEMPTS:
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+                if attempt == PAGE_ATTEMPTS:
                     raise PubctlError(
-                        f"could not lock {source} to tombstone the items of deleted rows "
-                        f"after id {after_id}, {attempt} times: a long transaction is "
-                        "writing to it",
+                        f"the page of {source} after id {after_id} gave way to writers "
+                        f"{attempt} times ({type(exc).__name__}): a long transaction is "
+                        "writing to the table",
                         hint="find it in pg_stat_activity, then `pubctl backfill --resume`",
                     ) from None
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))

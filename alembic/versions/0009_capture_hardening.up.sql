@@ -848,13 +848,14 @@ DROP FUNCTION pub.backfill_page(text, bigint, integer, boolean, boolean);
 --    do: it does not conflict with an ordinary UPDATE.)
 -- 3. Items published live whose source row is gone (deleted while publishing was off)
 --    get tombstones too, in the range the page covered. Absence cannot be locked row by
---    row: a concurrent transaction inserting that id could commit after the page read
---    and before it, with a smaller outbox id. So the candidates are found with a fresh
---    snapshot, leaving out items whose newest outbox row is a tombstone already; if any
---    remain, the page takes a SHARE lock on the source table (which waits at most
---    2 seconds for the writers in flight, and then holds new ones until the page
---    commits) and finds them again with a snapshot no writer can be behind. Such items
---    only exist after changes that capture did not see, so this lock is rare.
+--    row: a transaction inserting that id could commit after the page read and before
+--    it, with a smaller outbox id. So the page looks for such items first (leaving out
+--    those whose newest outbox row is already a tombstone); if there are any, it takes
+--    a SHARE lock on the source table before it locks any row (so it can deadlock with
+--    no writer), waiting at most 2 seconds for the writers in flight and then holding
+--    new ones until it commits, and tombstones them with a snapshot no writer can be
+--    behind. Such items exist only after changes capture did not see, so this lock is
+--    rare: a deletion capture saw has its tombstone in the outbox already.
 --
 -- With dry_run nothing is written or locked; the counts say what would be. last_id is
 -- the checkpoint, the last id the page covered (the next page starts after it);
@@ -909,6 +910,24 @@ BEGIN
         upper_id := NULL;
     END IF;
 
+    -- Published live, source row gone, no tombstone on its way.
+    gone_sql := format($q$
+        SELECT c.kind, c.source_id
+        FROM pub.content AS c
+        WHERE c.kind = ANY ($1) AND NOT c.deleted
+          AND c.source_id > $2 AND ($3::bigint IS NULL OR c.source_id <= $3)
+          AND NOT EXISTS (SELECT FROM %1$I.%2$I AS r WHERE r.id = c.source_id)
+          AND COALESCE((SELECT o.deleted FROM pub.outbox AS o
+                        WHERE o.kind = c.kind AND o.source_id = c.source_id
+                        ORDER BY o.id DESC LIMIT 1), false) = false
+    $q$, app, source);
+    EXECUTE format('SELECT count(*)::integer FROM (%s) AS g', gone_sql)
+    INTO gone USING kinds, after_id, upper_id;
+    IF gone > 0 AND NOT dry_run THEN
+        PERFORM set_config('lock_timeout', '2s', true);
+        EXECUTE format('LOCK TABLE %I.%I IN SHARE MODE', app, source);
+    END IF;
+
     -- 2. The rows of exactly that range, locked; their items.
     EXECUTE format($q$
         WITH page AS MATERIALIZED (
@@ -947,22 +966,8 @@ BEGIN
     END IF;
     last_id := COALESCE(upper_id, last_locked, after_id);
 
-    -- 3. Published live, source row gone, not already being tombstoned.
-    gone_sql := format($q$
-        SELECT c.kind, c.source_id
-        FROM pub.content AS c
-        WHERE c.kind = ANY ($1) AND NOT c.deleted
-          AND c.source_id > $2 AND ($3::bigint IS NULL OR c.source_id <= $3)
-          AND NOT EXISTS (SELECT FROM %1$I.%2$I AS r WHERE r.id = c.source_id)
-          AND COALESCE((SELECT o.deleted FROM pub.outbox AS o
-                        WHERE o.kind = c.kind AND o.source_id = c.source_id
-                        ORDER BY o.id DESC LIMIT 1), false) = false
-    $q$, app, source);
-    EXECUTE format('SELECT count(*)::integer FROM (%s) AS g', gone_sql)
-    INTO gone USING kinds, after_id, upper_id;
+    -- 3. Under the table lock, with a snapshot taken after it: tombstone them.
     IF gone > 0 AND NOT dry_run THEN
-        PERFORM set_config('lock_timeout', '2s', true);
-        EXECUTE format('LOCK TABLE %I.%I IN SHARE MODE', app, source);
         EXECUTE format($q$
             WITH written AS (
                 INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
