@@ -14,7 +14,7 @@ from pubctl.errors import MissingSourceError, PubctlError, SchemaNewerError
 from pubctl.queries import read_sql_file
 
 from support.catalog import snapshot
-from support.cli import pubctl_executable
+from support.cli import pubctl_executable, run_subprocess
 from support.db import Database
 
 
@@ -257,3 +257,30 @@ def test_upgrade_from_every_revision_with_data_then_down(app_db: Database, start
         assert conn.execute("SELECT name FROM study_topic WHERE id = 1").fetchone() == (
             "after upgrade",
         )
+
+
+def test_upgrade_from_0007_with_pending_outbox_rows(app_db: Database) -> None:
+    """Rows written at 0007 and not yet applied when the upgrade runs are applied by the
+    new applier, and capture, backfill and verify work on the result."""
+    migrate.migrate(app_db.url, "0007")
+    with app_db.connect() as conn:
+        conn.execute(
+            "INSERT INTO study_topic (id, name) SELECT g, 't' || g FROM generate_series(1, 5) g"
+        )
+        conn.execute(
+            "INSERT INTO study_question (id, topic_id, body, choices, explanation, explanation_status)"
+            " SELECT g, 1, 'q' || g, '[\"a\"]', 'e', 'ready' FROM generate_series(1, 200) g"
+        )
+        conn.execute("SELECT pub.apply_batch(150)")  # some applied, the rest pending
+        conn.execute("UPDATE study_question SET body = body || '!' WHERE id <= 50")
+        conn.execute("DELETE FROM study_question WHERE id > 190")
+        pending = conn.execute("SELECT count(*) FROM pub.outbox").fetchone()[0]
+        assert pending > 100
+    migrate.migrate(app_db.url)
+    with app_db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pub.outbox").fetchone() == (pending,)
+        conn.execute("UPDATE study_topic SET name = 'after upgrade' WHERE id = 1")
+        assert conn.execute("SELECT * FROM pub.capture_problems()").fetchall() == []
+    for args in (("apply",), ("backfill", "all"), ("apply",), ("verify", "--fail-on", "pending")):
+        result = run_subprocess("--database-url", app_db.url, *args)
+        assert result.code == 0, (args, result)
