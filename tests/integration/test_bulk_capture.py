@@ -100,7 +100,7 @@ BULK_EDITS = {
     "edit body and explanation": (
         "UPDATE study_question SET body = body || ' (edited)', explanation = explanation || '!'"
     ),
-    "rename an exam": "UPDATE study_question SET exam_name = 'Renamed' WHERE exam_name = 'Exam 1'",
+    "rename an exam": "UPDATE study_question SET exam_name = 'Renamed' WHERE exam_name <> 'Exam 0'",
     "soft-delete a topic's questions": "UPDATE study_question SET deleted_at = now() WHERE topic_id IN (1, 2)",
     "change every key": "UPDATE study_question SET id = id + 100000",
     "flip explanations to ready": "UPDATE study_question SET explanation_status ="
