@@ -14,7 +14,9 @@ from pathlib import Path
 
 import apply_feed
 import backfill_bench
+import bulk_writes
 import chart
+import feed_kinds
 import orm_peer
 import psycopg
 import single_row
@@ -27,9 +29,11 @@ CHART = Path(__file__).with_name("write_path.png")
 
 SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "write path": write_path.run,
+    "bulk writes": bulk_writes.run,
     "single row": single_row.run,
     "orm peer": orm_peer.run,
     "apply/feed": apply_feed.run,
+    "feed kinds": feed_kinds.run,
     "backfill": backfill_bench.run,
     "verify": verify_bench.run,
 }

@@ -24,7 +24,6 @@ DROP FUNCTION pub.capture_problems();
 DROP FUNCTION pub.refuse_truncate();
 DROP FUNCTION pub.capture_question_update();
 DROP FUNCTION pub.capture_topic_update();
-DROP FUNCTION pub.enqueue_changes(text[], bigint[], text[]);
 DROP FUNCTION pub.capture_question_delete();
 DROP FUNCTION pub.capture_topic_delete();
 DROP FUNCTION pub.capture_question_insert();
@@ -618,7 +617,7 @@ DROP FUNCTION pub.require_source_shape(text);
 DROP FUNCTION pub.require_question_shape(regtype, regtype, regtype, regtype, regtype, regtype,
                                          regtype, regtype, regtype, regtype, regtype);
 DROP FUNCTION pub.require_topic_shape(regtype, regtype, regtype, regtype);
-DROP FUNCTION pub.source_shape_violation(text, regtype);
+DROP FUNCTION pub.source_shape_violation(text);
 DROP FUNCTION pub.source_shape_problems(text);
 DROP FUNCTION pub.source_column_problems(text);
 DROP FUNCTION pub.source_columns(text);
@@ -635,6 +634,7 @@ BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pubctl_capture') THEN
         REVOKE ALL ON SCHEMA pub FROM pubctl_capture;
         REVOKE ALL ON pub.outbox, pub.settings FROM pubctl_capture;
+        REVOKE ALL ON SEQUENCE pub.outbox_id_seq FROM pubctl_capture;
         REVOKE ALL ON FUNCTION pub.notify_outbox() FROM pubctl_capture;
         BEGIN
             DROP ROLE pubctl_capture;

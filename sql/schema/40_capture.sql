@@ -174,64 +174,28 @@ BEGIN
 END;
 $$;
 
--- The UPDATE path's writer: puts a row's changed items into the outbox (canonical
--- NULL = tombstone), one INSERT for all of them.
+-- The UPDATE triggers run once per changed row, so every query they run costs per row
+-- (about 20 us each: a query's plan state is rebuilt on every execution). They build
+-- the canonical texts in PL/pgSQL expressions, whose state lives for the transaction,
+-- and write a row's items with one INSERT ... VALUES.
 --
--- An ORM that saves one object several times in a transaction updates the same row
--- again and again; only its last state needs publishing. The setting
--- pubctl.last_enqueued (SET LOCAL: gone at commit or rollback) names the outbox rows
--- the previous call wrote, and a call for the same items removes them first. A writer
--- can set that setting to anything, so it only says where to look: a row is removed
--- only if it is the same item's and was written by this very transaction (its xmin is
--- this transaction's id), rows nobody else has seen. A forged setting can remove
--- nothing else; at worst an item keeps an extra row, which the applier's churn rule
--- makes harmless. Each removal is a primary-key lookup, whatever the outbox's
--- statistics say.
-CREATE FUNCTION pub.enqueue_changes(kinds text[], source_ids bigint[], canonicals text[])
-    RETURNS integer
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    previous jsonb;
-    superseded bigint;
-    remembered text;
-    written integer;
-BEGIN
-    BEGIN
-        previous := NULLIF(current_setting('pubctl.last_enqueued', true), '')::jsonb;
-    EXCEPTION WHEN invalid_text_representation THEN
-        previous := NULL;  -- not ours: ignore it
-    END;
-    IF jsonb_typeof(previous) = 'object' THEN
-        FOR i IN 1 .. cardinality(kinds) LOOP
-            superseded := CASE WHEN jsonb_typeof(previous -> (kinds[i] || ':' || source_ids[i])) = 'number'
-                               THEN (previous ->> (kinds[i] || ':' || source_ids[i]))::numeric::bigint END;
-            IF superseded IS NOT NULL THEN
-                DELETE FROM pub.outbox AS o
-                WHERE o.id = superseded AND o.kind = kinds[i] AND o.source_id = source_ids[i]
-                  AND o.xmin = pg_current_xact_id()::xid;
-            END IF;
-        END LOOP;
-    END IF;
-    WITH inserted AS (
-        INSERT INTO pub.outbox AS o
-            (kind, source_id, payload, payload_hash, schema_version, deleted)
-        SELECT i.kind, i.source_id, pub.outbox_payload(i.canonical),
-               pub.outbox_payload_hash(i.canonical), pub.schema_version(), i.canonical IS NULL
-        FROM unnest(kinds, source_ids, canonicals) AS i(kind, source_id, canonical)
-        RETURNING o.kind, o.source_id, o.id
-    )
-    SELECT count(*), jsonb_object_agg(r.kind || ':' || r.source_id, r.id)::text
-    INTO written, remembered
-    FROM inserted AS r;
-    remembered := set_config('pubctl.last_enqueued', COALESCE(remembered, ''), true);
-    IF written > 0 THEN
-        PERFORM pub.notify_outbox();
-    END IF;
-    RETURN written;
-END;
-$$;
+-- * The publishing switch is read once per transaction: pubctl.publishing_on_in holds
+--   the id of the transaction that found it on. A writer can set that setting to
+--   anything; believing it only ever makes capture write (a transaction that began
+--   while publishing was on keeps publishing until it ends, which is harmless), never
+--   skip: "off" is always read from the table, and goes through
+--   pub.unpublished_write_allowed.
+-- * An ORM that saves one object several times in a transaction updates the same row
+--   again and again; only its last state needs publishing. pubctl.last_enqueued (SET
+--   LOCAL: gone at commit or rollback, undone by a rolled-back savepoint) names the row
+--   the previous captured UPDATE of this transaction wrote and the outbox ids it got,
+--   and an UPDATE of that same row removes them first. A writer can set this one to
+--   anything too, so it only says where to look: a row is removed only if it belongs
+--   to an item this UPDATE writes and was written by this very transaction (its xmin is
+--   this transaction's id), rows nobody else has seen. A forged setting removes nothing
+--   else; at worst an item keeps an extra row, which the applier's churn rule makes
+--   harmless. The setting also tells that this transaction has already woken the
+--   applier (one notification per row would be a query per row).
 
 CREATE FUNCTION pub.capture_topic_update() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -244,34 +208,74 @@ DECLARE
         pg_typeof(NEW.deleted_at));
     was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
     is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
-    kinds text[] := '{}';
-    ids bigint[] := '{}';
-    canonicals text[] := '{}';
+    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
+    topic_text text;
+    previous text := current_setting('pubctl.last_enqueued', true);
+    -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
+    first_id bigint;
+    second_id bigint;
+    noted text;
 BEGIN
-    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
-        RETURN NULL;
+    IF same_id AND NOT (was_live IS DISTINCT FROM is_live
+                        OR (is_live AND ((OLD.name COLLATE "C"), OLD.exam_round_size)
+                                        IS DISTINCT FROM ((NEW.name COLLATE "C"),
+                                                          NEW.exam_round_size))) THEN
+        RETURN NULL;  -- nothing published changed (deleted_at moved, say)
     END IF;
-    IF OLD.id IS DISTINCT FROM NEW.id THEN
+    IF NOT same_id AND NOT was_live AND NOT is_live THEN
+        RETURN NULL;  -- a key change of a row deleted before and after
+    END IF;
+    IF current_setting('pubctl.publishing_on_in', true)
+       IS DISTINCT FROM pg_current_xact_id()::text THEN
+        IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+            RETURN NULL;
+        END IF;
+        noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF starts_with(previous, 'topic:' || OLD.id || ':')
+       AND previous ~ '^[a-z]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+        -- Superseded: this transaction's own rows of the items written below.
+        DELETE FROM pub.outbox AS o
+        WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
+          AND o.kind = 'topic'
+          AND ((o.source_id = NEW.id AND (same_id OR is_live))
+               OR (NOT same_id AND o.source_id = OLD.id AND was_live))
+          AND o.xmin = pg_current_xact_id()::xid;
+    END IF;
+    first_id := nextval('pub.outbox_id_seq');
+    IF is_live THEN
+        topic_text := pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
+    END IF;
+    IF same_id OR NOT was_live THEN
+        -- The item itself: its new payload, or its tombstone.
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', NEW.id, pub.outbox_payload(topic_text),
+                pub.outbox_payload_hash(topic_text), pub.schema_version(), topic_text IS NULL);
+    ELSIF NOT is_live THEN
+        -- A new id is a new item: the old one ends (the new one was never live).
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
+                pub.outbox_payload_hash(NULL), pub.schema_version(), true);
+    ELSE
         -- A new id is a new item: the old one ends, the new one begins.
-        IF was_live THEN
-            kinds := kinds || 'topic'::text; ids := ids || OLD.id::bigint;
-            canonicals := canonicals || NULL::text;
-        END IF;
-        IF is_live THEN
-            kinds := kinds || 'topic'::text; ids := ids || NEW.id::bigint;
-            canonicals := canonicals
-                || pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
-        END IF;
-    ELSIF was_live IS DISTINCT FROM is_live
-          OR (is_live AND ((OLD.name COLLATE "C"), OLD.exam_round_size)
-                          IS DISTINCT FROM ((NEW.name COLLATE "C"), NEW.exam_round_size)) THEN
-        kinds := '{topic}'; ids := ARRAY[NEW.id::bigint];
-        canonicals := ARRAY[pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size,
-                                                NEW.deleted_at)];
+        second_id := nextval('pub.outbox_id_seq');
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
+                pub.outbox_payload_hash(NULL), pub.schema_version(), true),
+               (second_id, 'topic', NEW.id, pub.outbox_payload(topic_text),
+                pub.outbox_payload_hash(topic_text), pub.schema_version(), false);
     END IF;
-    IF cardinality(kinds) > 0 THEN
-        PERFORM pub.enqueue_changes(kinds, ids, canonicals);
+    IF COALESCE(previous, '') = '' THEN
+        PERFORM pub.notify_outbox();
     END IF;
+    noted := set_config('pubctl.last_enqueued',
+        concat_ws(',', 'topic:' || NEW.id || ':' || first_id, second_id), true);
     RETURN NULL;
 END;
 $$;
@@ -294,47 +298,120 @@ DECLARE
     explanation_is_live constant boolean :=
         pub.explanation_is_live(NEW.deleted_at, NEW.explanation_status);
     same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
-    kinds text[] := '{}';
-    ids bigint[] := '{}';
-    canonicals text[] := '{}';
+    -- The new id's items to write: a live item whose payload or liveness changed (all of
+    -- them after a key change), and, under the same id, items that stopped being live.
+    question_changes constant boolean :=
+        (question_is_live
+         AND (NOT same_id OR NOT question_was_live
+              OR (OLD.topic_id, (OLD.exam_name COLLATE "C"), OLD.exam_round, OLD.number,
+                  (OLD.body COLLATE "C"), OLD.choices, OLD.answer)
+                 IS DISTINCT FROM (NEW.topic_id, (NEW.exam_name COLLATE "C"), NEW.exam_round,
+                                   NEW.number, (NEW.body COLLATE "C"), NEW.choices, NEW.answer)))
+        OR (same_id AND question_was_live AND NOT question_is_live);
+    explanation_changes constant boolean :=
+        (explanation_is_live
+         AND (NOT same_id OR NOT explanation_was_live
+              OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
+        OR (same_id AND explanation_was_live AND NOT explanation_is_live);
+    question_text text;
+    explanation_text text;
+    previous text := current_setting('pubctl.last_enqueued', true);
+    -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
+    ids bigint[];
+    noted text;
 BEGIN
-    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
-        RETURN NULL;
+    IF NOT (question_changes OR explanation_changes)
+       AND (same_id OR NOT (question_was_live OR explanation_was_live)) THEN
+        RETURN NULL;  -- nothing published changed
     END IF;
-    IF NOT same_id THEN
-        -- A new id is a new item: the old one ends, the new one begins.
-        IF question_was_live THEN
-            kinds := kinds || 'question'::text; ids := ids || OLD.id::bigint;
-            canonicals := canonicals || NULL::text;
+    IF current_setting('pubctl.publishing_on_in', true)
+       IS DISTINCT FROM pg_current_xact_id()::text THEN
+        IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+            RETURN NULL;
         END IF;
-        IF explanation_was_live THEN
-            kinds := kinds || 'explanation'::text; ids := ids || OLD.id::bigint;
-            canonicals := canonicals || NULL::text;
-        END IF;
+        noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
     END IF;
-    IF (question_is_live
-        AND (NOT same_id OR NOT question_was_live
-             OR (OLD.topic_id, (OLD.exam_name COLLATE "C"), OLD.exam_round, OLD.number,
-                 (OLD.body COLLATE "C"), OLD.choices, OLD.answer)
-                IS DISTINCT FROM (NEW.topic_id, (NEW.exam_name COLLATE "C"), NEW.exam_round,
-                                  NEW.number, (NEW.body COLLATE "C"), NEW.choices, NEW.answer)))
-       OR (same_id AND question_was_live AND NOT question_is_live) THEN
-        kinds := kinds || 'question'::text; ids := ids || NEW.id::bigint;
-        canonicals := canonicals || pub.question_canonical(
+    IF starts_with(previous, 'question:' || OLD.id || ':')
+       AND previous ~ '^[a-z]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+        -- Superseded: this transaction's own rows of the items written below.
+        DELETE FROM pub.outbox AS o
+        WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
+          AND ((o.source_id = NEW.id
+                AND ((o.kind = 'question' AND question_changes)
+                     OR (o.kind = 'explanation' AND explanation_changes)))
+               OR (NOT same_id AND o.source_id = OLD.id
+                   AND ((o.kind = 'question' AND question_was_live)
+                        OR (o.kind = 'explanation' AND explanation_was_live))))
+          AND o.xmin = pg_current_xact_id()::xid;
+    END IF;
+    IF question_changes THEN
+        question_text := pub.question_canonical(
             NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
             NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
     END IF;
-    IF (explanation_is_live
-        AND (NOT same_id OR NOT explanation_was_live
-             OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
-       OR (same_id AND explanation_was_live AND NOT explanation_is_live) THEN
-        kinds := kinds || 'explanation'::text; ids := ids || NEW.id::bigint;
-        canonicals := canonicals || pub.explanation_canonical(
+    IF explanation_changes THEN
+        explanation_text := pub.explanation_canonical(
             NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
     END IF;
-    IF cardinality(kinds) > 0 THEN
-        PERFORM pub.enqueue_changes(kinds, ids, canonicals);
+    IF NOT same_id THEN
+        -- A new id is a new item: the old one ends, the new one begins. Rare: the
+        -- general form, ids in outbox order.
+        WITH wanted AS (
+            SELECT i.n, i.kind, i.source_id, i.canonical
+            FROM (VALUES (1, 'question', OLD.id::bigint, NULL::text, question_was_live),
+                         (2, 'explanation', OLD.id::bigint, NULL::text, explanation_was_live),
+                         (3, 'question', NEW.id::bigint, question_text, question_changes),
+                         (4, 'explanation', NEW.id::bigint, explanation_text,
+                          explanation_changes))
+                 AS i(n, kind, source_id, canonical, wanted)
+            WHERE i.wanted
+        ), numbered AS (
+            SELECT nextval('pub.outbox_id_seq') AS id, w.*
+            FROM (SELECT * FROM wanted ORDER BY n) AS w
+        ), inserted AS (
+            INSERT INTO pub.outbox
+                (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+            OVERRIDING SYSTEM VALUE
+            SELECT i.id, i.kind, i.source_id, pub.outbox_payload(i.canonical),
+                   pub.outbox_payload_hash(i.canonical), pub.schema_version(),
+                   i.canonical IS NULL
+            FROM numbered AS i
+            RETURNING id
+        )
+        SELECT array_agg(r.id ORDER BY r.id) INTO ids FROM inserted AS r;
+    ELSIF question_changes AND explanation_changes THEN
+        ids := ARRAY[nextval('pub.outbox_id_seq'), nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_text),
+                pub.outbox_payload_hash(question_text), pub.schema_version(),
+                question_text IS NULL),
+               (ids[2], 'explanation', NEW.id, pub.outbox_payload(explanation_text),
+                pub.outbox_payload_hash(explanation_text), pub.schema_version(),
+                explanation_text IS NULL);
+    ELSIF question_changes THEN
+        ids := ARRAY[nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_text),
+                pub.outbox_payload_hash(question_text), pub.schema_version(),
+                question_text IS NULL);
+    ELSE
+        ids := ARRAY[nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'explanation', NEW.id, pub.outbox_payload(explanation_text),
+                pub.outbox_payload_hash(explanation_text), pub.schema_version(),
+                explanation_text IS NULL);
     END IF;
+    IF COALESCE(previous, '') = '' THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    noted := set_config('pubctl.last_enqueued',
+        'question:' || NEW.id || ':' || array_to_string(ids, ','), true);
     RETURN NULL;
 END;
 $$;
@@ -367,7 +444,6 @@ REVOKE ALL ON FUNCTION pub.capture_question_delete() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.capture_topic_update() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.capture_question_update() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.refuse_truncate() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pub.enqueue_changes(text[], bigint[], text[]) FROM PUBLIC;
 
 -- Everything that would make capture miss writes without failing them, one row each,
 -- for `pubctl status` and `pubctl verify` (one query for both):
@@ -539,6 +615,7 @@ BEGIN
     GRANT SELECT, INSERT, DELETE ON pub.outbox TO pubctl_capture;
     GRANT SELECT ON pub.settings TO pubctl_capture;
     GRANT SELECT ON SEQUENCE pub.publishing_epoch TO pubctl_capture;
+    GRANT USAGE ON SEQUENCE pub.outbox_id_seq TO pubctl_capture;
     GRANT EXECUTE ON FUNCTION pub.unpublished_write_allowed(), pub.notify_outbox()
         TO pubctl_capture;
     ALTER FUNCTION pub.capture_topic_insert() OWNER TO pubctl_capture;
@@ -548,6 +625,5 @@ BEGIN
     ALTER FUNCTION pub.capture_topic_update() OWNER TO pubctl_capture;
     ALTER FUNCTION pub.capture_question_update() OWNER TO pubctl_capture;
     ALTER FUNCTION pub.refuse_truncate() OWNER TO pubctl_capture;
-    ALTER FUNCTION pub.enqueue_changes(text[], bigint[], text[]) OWNER TO pubctl_capture;
 END;
 $owner$;
