@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from pubctl import db
 from pubctl.queries import query
+from pubctl.serve import protocol
 from pubctl.serve.auth import TokenCheck
 from pubctl.serve.listener import Listener, Notifier
 from pubctl.serve.metrics import CONTENT_TYPE, Metrics
@@ -258,7 +259,9 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         if refusal is not None:
             return refusal
         try:
-            params = parse_feed_query(request.scope["query_string"])
+            params = parse_feed_query(
+                request.scope["query_string"], request.scope.get(protocol.SCOPE_KEY)
+            )
         except BadParameter as exc:
             log.warning("400 from %s: %s: %s", _peer(request), exc.parameter, exc.error)
             return _json(400, {"error": exc.error, "parameter": exc.parameter})

@@ -123,6 +123,7 @@ def run(config: ServeConfig, sock: socket.socket) -> str:
     import uvicorn
 
     from pubctl.serve.app import create_app
+    from pubctl.serve.protocol import BoundedHttpToolsProtocol
 
     app, feed_server = create_app(config)
     uv_config = uvicorn.Config(
@@ -130,7 +131,7 @@ def run(config: ServeConfig, sock: socket.socket) -> str:
         log_config=None,
         access_log=False,
         lifespan="on",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
         loop="auto",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,

@@ -67,12 +67,12 @@ def _shown(name: str) -> str:
     return clean + ("..." if len(name) > 40 else "")
 
 
-def _too_long(query_string: bytes) -> BadParameter:
+def _too_long(query_string: bytes, size: int) -> BadParameter:
     longest = max(query_string.split(b"&"), key=len)
     name = unquote_plus(longest.partition(b"=")[0].decode("latin-1"), errors="replace")
     return BadParameter(
         name if name in _KNOWN else "query",
-        f"the query string is {len(query_string)} bytes; at most {MAX_QUERY_BYTES} are accepted",
+        f"the query string is {size} bytes; at most {MAX_QUERY_BYTES} are accepted",
     )
 
 
@@ -82,11 +82,12 @@ def _integer(name: str, value: str, low: int, high: int) -> int:
     return int(value)
 
 
-def parse_feed_query(query_string: bytes) -> FeedParams:
+def parse_feed_query(query_string: bytes, size: int | None = None) -> FeedParams:
     """Parse and check the raw query string; raise ``BadParameter`` on the first
-    problem."""
-    if len(query_string) > MAX_QUERY_BYTES:
-        raise _too_long(query_string)
+    problem. ``size``: the query's real length when the server kept only its start."""
+    size = max(size or 0, len(query_string))
+    if size > MAX_QUERY_BYTES:
+        raise _too_long(query_string, size)
     seen: dict[str, str] = {}
     kinds: list[str] = []
     for name, value in _fields(query_string):
