@@ -42,12 +42,13 @@ class Notifier:
         self.max_rev = 0
         self.reset_generation = 0
         self.closing = False
-        self._event = asyncio.Event()
+        self._woken: asyncio.Future[None] | None = None
 
     def _wake(self) -> None:
         self.generation += 1
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+        woken, self._woken = self._woken, None
+        if woken is not None and not woken.done():
+            woken.set_result(None)
 
     def published(self, rev: int) -> None:
         """The applier committed a batch whose last rev is ``rev``."""
@@ -74,10 +75,12 @@ class Notifier:
         """Wait until ``self.generation`` moves past ``generation``; False on timeout."""
         if self.generation != generation:
             return True
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
-            return True
-        return False
+        # One future per generation, shared by every waiter: waking thousands of them is
+        # one set_result, and asyncio.wait needs no task per waiter (wait_for does).
+        if self._woken is None:
+            self._woken = asyncio.get_running_loop().create_future()
+        done, _pending = await asyncio.wait((self._woken,), timeout=timeout)
+        return bool(done) or self.generation != generation
 
 
 class Listener:
