@@ -17,6 +17,7 @@ import backfill_bench
 import chart
 import orm_peer
 import psycopg
+import serve_bench
 import single_row
 import verify_bench
 import write_path
@@ -32,6 +33,7 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "apply/feed": apply_feed.run,
     "backfill": backfill_bench.run,
     "verify": verify_bench.run,
+    "serve": serve_bench.run,
 }
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,7 @@ class FeedServer:
         self.notifier: Notifier | None = None
         self.listener: Listener | None = None
         self._flights: dict[tuple[Any, ...], asyncio.Future[Page]] = {}
+        self.bodies = BodyCache()
         self.waiting = 0
 
     # -- life cycle -------------------------------------------------------------------
@@ -233,6 +235,34 @@ class FeedServer:
         return page
 
 
+class BodyCache:
+    """Encoded bodies by ETag, least recently used first out.
+
+    The ETag is a hash of the rows a body is written from, so an equal tag means an
+    equal body: many viewers reading the same page (a hot head page, or a crowd
+    catching up from rev 0) pay for its encoding once.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 2**20, max_entries: int = 256) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def body(self, page: Page) -> bytes:
+        cached = self._bodies.get(page.etag)
+        if cached is not None:
+            self._bodies.move_to_end(page.etag)
+            return cached
+        body = page.body
+        self._bodies[page.etag] = body
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes or len(self._bodies) > self.max_entries:
+            _tag, dropped = self._bodies.popitem(last=False)
+            self._bytes -= len(dropped)
+        return body
+
+
 def _if_none_match(header: str | None, etag: str) -> bool:
     if not header:
         return False
@@ -288,7 +318,7 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         server.metrics.served(page.last_rev)
         if _if_none_match(request.headers.get("if-none-match"), page.etag):
             return Response(status_code=304, headers=headers)
-        return Response(page.body, media_type=JSON, headers=headers)
+        return Response(server.bodies.body(page), media_type=JSON, headers=headers)
 
     async def healthz(_request: Request) -> Response:
         try:
