@@ -63,24 +63,30 @@ def _ratio(a: list[float], b: list[float]) -> str:
 
 
 def _page_vs_psycopg(url: str, base: str, after: int) -> tuple[list[float], list[float], int]:
-    params = {"after_rev": after, "max_rows": PAGE + 1, "kinds": None}
+    """Each request is for another page (another cursor), so the server's body cache
+    never answers: both sides query and encode every page."""
     http_t: list[float] = []
     direct_t: list[float] = []
     size = 0
     with psycopg.connect(url, autocommit=True) as conn, httpx.Client(base_url=base) as client:
         for round_ in range(REPEATS + 1):
+            cursors = [after + round_ * 1000 + n * 13 for n in range(30)]
+            bodies: list[bytes] = []
             start = time.perf_counter()
-            for _ in range(30):
+            for cursor in cursors:
+                params = {"after_rev": cursor, "max_rows": PAGE + 1, "kinds": None}
                 rows = conn.execute(query("serve_feed_page"), params).fetchall()
                 items = [row[1:] for row in rows if row[1] is not None]
-                body = Page(str(rows[0][0]), after, items[:PAGE], len(items) > PAGE).body
+                bodies.append(Page(str(rows[0][0]), cursor, items[:PAGE], len(items) > PAGE).body)
             direct = time.perf_counter() - start
             start = time.perf_counter()
-            for _ in range(30):
-                content = client.get("/published/feed", params={"after": after}).content
+            contents = [
+                client.get("/published/feed", params={"after": cursor}).content
+                for cursor in cursors
+            ]
             over_http = time.perf_counter() - start
-            assert content == body
-            size = len(content)
+            assert contents == bodies
+            size = len(contents[0])
             if round_:  # the first round warms up
                 direct_t.append(direct)
                 http_t.append(over_http)
@@ -243,7 +249,7 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
         conn.execute("SELECT pub.apply_batch(1000000)")
         conn.execute("VACUUM ANALYZE pub.content")
         row = conn.execute("SELECT max(rev) FROM pub.content").fetchone()
-        middle = int(str(row[0])) // 2 if row else 0
+        middle = int(str(row[0])) // 4 if row else 0
     proc, base = _serve(url)
     try:
         http_t, direct_t, size = _page_vs_psycopg(url, base, middle)
