@@ -19,6 +19,7 @@ import chart
 import feed_kinds
 import orm_peer
 import psycopg
+import serve_bench
 import single_row
 import verify_bench
 import write_path
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "feed kinds": feed_kinds.run,
     "backfill": backfill_bench.run,
     "verify": verify_bench.run,
+    "serve": serve_bench.run,
 }
 
 

@@ -489,6 +489,11 @@ def init_sample_schema_cmd(ctx: click.Context) -> None:
     click.echo(f"sample tables study_topic, study_question are in schema {schema}")
 
 
+from pubctl.serve.command import serve_cmd  # noqa: E402
+
+cli.add_command(serve_cmd)
+
+
 def _fail(message: str, code: int, url: str = "") -> NoReturn:
     click.echo(f"pubctl: {db.mask(message, url)}", err=True)
     sys.exit(code)

@@ -140,7 +140,72 @@ class Demo:
         self.sql("UPDATE pub.content SET payload = jsonb_set(payload, '{body}', '\"tampered\"') "
                  "WHERE kind = 'question' AND source_id = 1")  # fmt: skip
         self.pubctl("verify", "--limit-report", "5", expect=1)
+        self.serve_over_http()
         return not self.failures
+
+    def serve_over_http(self) -> None:
+        """A viewer reads the feed over HTTP (`pubctl serve`), and a long-poll is woken by
+        a write as soon as the applier publishes it."""
+        import json as jsonlib
+        import threading
+        import time
+        import urllib.request
+
+        self.say("Viewers read the feed over HTTP: `pubctl serve` (here on a free port, "
+                 "with a token) answers pages with each payload in RFC 8785 form.")  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+        env.update(PUBCTL_DATABASE_URL=self.url, PUBCTL_FEED_TOKENS="demo-token")
+        script = Path(sys.executable).with_name("pubctl")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "pubctl"]
+        self.echo(click.style("$ PUBCTL_FEED_TOKENS=demo-token pubctl serve --port 0 &", bold=True))
+        server = subprocess.Popen(
+            [*command, "serve", "--port", "0"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        assert server.stderr is not None
+        try:
+            base = ""
+            for line in server.stderr:
+                if line.startswith("listening on "):
+                    self.echo(line.rstrip())
+                    base = line.removeprefix("listening on ").strip()
+                    break
+            if not base:
+                self.failures.append("pubctl serve did not start")
+                return
+            threading.Thread(target=server.stderr.read, daemon=True).start()
+
+            def get(target: str) -> dict[str, Any]:
+                request = urllib.request.Request(
+                    base + target, headers={"Authorization": "Bearer demo-token"}
+                )
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    return dict(jsonlib.loads(answer.read()))
+
+            self.echo(click.style("$ curl -H 'Authorization: Bearer demo-token' "
+                                  f"'{base}/published/feed?kind=topic'", bold=True))  # fmt: skip
+            page = get("/published/feed?kind=topic")
+            self.echo(jsonlib.dumps(page, ensure_ascii=False)[:600])
+            self.say("A long-poll: nothing is newer than the cursor, so the server holds the "
+                     "request (wait=30) until the applier publishes something newer.")  # fmt: skip
+            last = int(str(get("/healthz")["last_rev"]))
+            target = f"/published/feed?after={last}&wait=30"
+            self.echo(click.style(f"$ curl ... '{base}{target}'   # held", bold=True))
+            woken: list[dict[str, Any]] = []
+            poll = threading.Thread(target=lambda: woken.append(get(target)))
+            poll.start()
+            time.sleep(1.0)
+            self.sql("UPDATE study_topic SET name = 'Anatomy and histology' WHERE id = 1")
+            self.pubctl("apply")
+            poll.join(30)
+            if not woken or not woken[0]["items"]:
+                self.failures.append("the long-poll was not woken by the write")
+                return
+            answer = woken[0]
+            self.echo("(the held request is answered as soon as the apply commits)")
+            self.echo(jsonlib.dumps(answer, ensure_ascii=False)[:600])
+        finally:
+            server.terminate()
+            server.wait(15)
 
 
 def _new_database(server_url: str) -> str:

@@ -209,3 +209,24 @@ SELECT count(*) FROM pub.outbox WHERE kind = ANY (%(kinds)s);
 
 -- name: set_lock_timeout
 SELECT pg_catalog.set_config('lock_timeout', %(ms)s, true);
+
+-- name: serve_feed_page
+-- `pubctl serve`: the feed identity and one page in one round trip. The identity comes
+-- first and always (an empty page is one row with NULL item columns), so a long-poll
+-- learns a changed feed_id without a second query. Payloads come as stored text (exact
+-- numbers); the server writes them out in RFC 8785 form.
+SELECT i.feed_id::text, f.rev, f.kind, f.pub_id::text, f.source_id, f.payload::text,
+       f.payload_hash, f.schema_version, f.deleted
+FROM (SELECT pub.feed_id() AS feed_id) AS i
+LEFT JOIN LATERAL pub.feed(%(after_rev)s, %(max_rows)s, %(kinds)s) AS f ON true
+ORDER BY f.rev;
+
+-- name: serve_health
+-- `pubctl serve`'s health: a reader role may call pub.health() and nothing else.
+SELECT revision, feed_id::text, last_rev
+FROM pub.health();
+
+-- name: listen_published
+-- Sent by each apply batch that published something, when it commits (payload: the new
+-- last rev): what `pubctl serve`'s long-polls wait for.
+LISTEN pubctl_published;

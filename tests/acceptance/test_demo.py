@@ -21,6 +21,8 @@ def test_demo_on_a_throwaway_server() -> None:
         "clean: published state",
         "DRIFT",
         "(exit status 1, as expected)",
+        "listening on http://127.0.0.1:",
+        "Anatomy and histology",
     ):
         assert step in result.out
     assert "stopped and removed" in result.out

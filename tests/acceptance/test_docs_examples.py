@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
 
 from support.db import Database
+from support.serve import Served, reader_url
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -71,3 +74,49 @@ def test_debezium_connector_names_real_outbox_columns(pub_db: Database) -> None:
     assert set(named) <= set(columns), set(named) - set(columns)
     assert columns["payload"] == "jsonb"
     assert config["table.include.list"] == "pub.outbox"
+
+
+def load_http_viewer() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "http_viewer", DOCS / "examples" / "http_viewer.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_http_viewer_example_keeps_a_copy_of_the_kinds_it_wants(pub_db: Database) -> None:
+    viewer = load_http_viewer()
+    with pub_db.connect() as conn:
+        conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'Anatomy ✓'), (2, 'Gone')")
+        conn.execute(
+            "INSERT INTO study_question (id, topic_id, body, choices, explanation, explanation_status)"
+            " SELECT g, 1 + g % 2, 'q \"' || g || '\" é', '[\"a\"]', 'why', 'ready' FROM generate_series(1, 1200) g"
+        )
+        conn.execute("SELECT pub.apply_batch(10000)")
+    with Served(reader_url(pub_db), env={"PUBCTL_FEED_TOKENS": "docs-token"}) as served:
+        headers = {"Authorization": "Bearer docs-token"}
+        with httpx.Client(base_url=served.base, headers=headers, timeout=30) as client:
+            copy = viewer.Copy()
+            viewer.sync(client, copy, ["topic", "question"], page=500)
+            assert len(copy.items) == 1202 and not any(
+                k.startswith("explanation/") for k in copy.items
+            )
+            with pub_db.connect() as conn:
+                conn.execute("UPDATE study_question SET deleted_at = now() WHERE id = 2")
+                conn.execute("UPDATE study_topic SET name = 'Renamed' WHERE id = 1")
+                conn.execute("SELECT pub.apply_batch(10000)")
+            viewer.sync(client, copy, ["topic", "question"], wait=5)
+            assert "question/2" not in copy.items and copy.items["topic/1"]["name"] == "Renamed"
+            with pub_db.connect() as conn:
+                (last,) = conn.execute("SELECT last_rev FROM pub.rev_counter").fetchone()
+            assert copy.cursor == last
+            # A tampered payload is refused, not applied.
+            with pub_db.connect() as conn:
+                conn.execute(
+                    "UPDATE pub.content SET payload = jsonb_set(payload, '{name}', '\"x\"') WHERE kind = 'topic' AND source_id = 2"
+                )
+            fresh = viewer.Copy()
+            with pytest.raises(ValueError, match="does not match its payload_hash"):
+                viewer.sync(client, fresh, ["topic"])

@@ -1,0 +1,272 @@
+"""`pubctl serve`: a page over HTTP against the same page fetched with psycopg and
+encoded in-process, commit-to-viewer latency through a long-poll with `pubctl worker`
+running, 2,000 held long-polls woken by one write, and hot-page throughput with and
+without If-None-Match."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from pubctl.migrate import migrate
+from pubctl.queries import query, read_sql_file
+from pubctl.serve.page import Page
+
+REPEATS = 3
+PAGE = 1000
+POOL_SIZE = 10
+EXE = str(Path(sys.executable).with_name("pubctl"))
+
+FILL = """
+INSERT INTO study_topic (id, name) SELECT g, 'topic ' || g FROM generate_series(1, 50) g;
+INSERT INTO study_question (id, topic_id, exam_name, exam_round, number, body, choices, answer,
+                            explanation, explanation_status)
+SELECT g, 1 + g % 50, 'Exam ' || g % 7, g % 4, g % 40, rpad('Question ' || g || ' ', 300, 'xy é'),
+       '["alpha","beta","gamma","delta"]', g % 4, rpad('Because ' || g, 500, 'z'),
+       CASE WHEN g % 2 = 0 THEN 'ready' ELSE 'draft' END
+FROM generate_series(1, %(rows)s) g;
+"""
+
+
+def _serve(url: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [EXE, "--database-url", url, "serve", "--port", "0", "--pool-size", str(POOL_SIZE)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("listening on "):
+            base = line.removeprefix("listening on ").strip()
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, base
+    raise RuntimeError("pubctl serve did not start")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+
+
+def _ratio(a: list[float], b: list[float]) -> str:
+    rs = sorted(x / y for x, y in zip(a, b, strict=True))
+    return f"{statistics.median(a) / statistics.median(b):.2f}x (min {rs[0]:.2f}, max {rs[-1]:.2f})"
+
+
+def _page_vs_psycopg(url: str, base: str, after: int) -> tuple[list[float], list[float], int]:
+    """Each request is for another page (another cursor), so the server's body cache
+    never answers: both sides query and encode every page."""
+    http_t: list[float] = []
+    direct_t: list[float] = []
+    size = 0
+    with psycopg.connect(url, autocommit=True) as conn, httpx.Client(base_url=base) as client:
+        for round_ in range(REPEATS + 1):
+            cursors = [after + round_ * 1000 + n * 13 for n in range(30)]
+            bodies: list[bytes] = []
+            start = time.perf_counter()
+            for cursor in cursors:
+                params = {"after_rev": cursor, "max_rows": PAGE + 1, "kinds": None}
+                rows = conn.execute(query("serve_feed_page"), params).fetchall()
+                items = [row[1:] for row in rows if row[1] is not None]
+                bodies.append(Page(str(rows[0][0]), cursor, items[:PAGE], len(items) > PAGE).body)
+            direct = time.perf_counter() - start
+            start = time.perf_counter()
+            contents = [
+                client.get("/published/feed", params={"after": cursor}).content
+                for cursor in cursors
+            ]
+            over_http = time.perf_counter() - start
+            assert contents == bodies
+            size = len(contents[0])
+            if round_:  # the first round warms up
+                direct_t.append(direct)
+                http_t.append(over_http)
+    return http_t, direct_t, size
+
+
+def _latency(url: str, base: str, writes: int = 1000) -> tuple[float, float]:
+    worker = subprocess.Popen(
+        [EXE, "--database-url", url, "worker", "--poll-interval", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    samples: list[float] = []
+    try:
+        time.sleep(1.0)
+        with (
+            psycopg.connect(url, autocommit=True) as writer,
+            httpx.Client(base_url=base, timeout=60) as viewer,
+        ):
+            after = viewer.get("/healthz").json()["last_rev"]
+            for n in range(writes):
+                name = f"latency {n}"
+                got: list[float] = []
+
+                def poll(cursor: int = after, want: str = name, got: list[float] = got) -> None:
+                    while True:
+                        answer = viewer.get(
+                            "/published/feed", params={"after": cursor, "wait": 30}
+                        ).json()
+                        cursor = answer["next_after"]
+                        if any(i["payload"].get("name") == want for i in answer["items"]):
+                            got.append(time.perf_counter())
+                            return
+
+                poller = threading.Thread(target=poll)
+                poller.start()
+                time.sleep(0.002)  # the long-poll is held before the write
+                writer.execute("UPDATE study_topic SET name = %s WHERE id = 1", (name,))
+                committed = time.perf_counter()
+                poller.join(30)
+                samples.append(got[0] - committed)
+                after = viewer.get("/healthz").json()["last_rev"]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(10)
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
+
+
+async def _get(host: str, port: int, target: str) -> tuple[int, float]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        at = time.perf_counter()
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        return int(head.split()[1]), at
+    finally:
+        writer.close()
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _serve_connections(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pubctl serve%'"
+    ).fetchone()
+    return int(str(row[0])) if row else 0
+
+
+def _many(
+    url: str, proc: subprocess.Popen[str], base: str, count: int = 2000
+) -> list[tuple[str, str]]:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT last_rev FROM pub.rev_counter").fetchone()
+        after = int(str(row[0])) if row else 0
+
+        async def hold() -> tuple[list[tuple[int, float]], int, float, float]:
+            tasks = [
+                asyncio.create_task(_get(host, int(port), f"/published/feed?after={after}&wait=60"))
+                for _ in range(count)
+            ]
+            await asyncio.sleep(0)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                text = httpx.get(base + "/metrics").text
+                if f"pubctl_serve_waiting_long_polls {float(count)}" in text:
+                    break
+            held_with = _serve_connections(conn)
+            rss = _rss_mib(proc.pid)
+            conn.execute("UPDATE study_topic SET name = 'wake up' WHERE id = 2")
+            conn.execute("SELECT pub.apply_batch(1000)")
+            written = time.perf_counter()
+            answers = await asyncio.gather(*tasks)
+            return answers, held_with, rss, written
+
+        answers, held_with, rss, written = asyncio.run(hold())
+    woken = sorted(at - written for status, at in answers if status == 200)
+    return [
+        (f"{count} long-polls held: server db connections", f"{held_with} (pool {POOL_SIZE} + 1)"),
+        (f"{count} long-polls held: server RSS", f"{rss:.0f} MiB"),
+        (
+            f"{count} long-polls woken by one write: first / median / last",
+            f"{woken[0] * 1000:.0f} / {woken[len(woken) // 2] * 1000:.0f} / "
+            f"{woken[-1] * 1000:.0f} ms ({len(woken)} answered 200)",
+        ),
+    ]
+
+
+def _hot_page(
+    base: str, after: int, seconds: float = 5.0, clients: int = 16
+) -> tuple[float, float]:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    target = f"/published/feed?after={after}"
+    etag = httpx.get(base + target).headers["etag"]
+
+    async def client(extra: str, stop: float) -> int:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        request = f"GET {target} HTTP/1.1\r\nHost: b\r\n{extra}\r\n".encode()
+        done = 0
+        while time.perf_counter() < stop:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length"):
+                    await reader.readexactly(int(line.split(b":")[1]))
+            done += 1
+        writer.close()
+        return done
+
+    async def run(extra: str) -> float:
+        stop = time.perf_counter() + seconds
+        counts = await asyncio.gather(*(client(extra, stop) for _ in range(clients)))
+        return sum(counts) / seconds
+
+    plain = asyncio.run(run(""))
+    conditional = asyncio.run(run(f"If-None-Match: {etag}\r\n"))
+    return plain, conditional
+
+
+def run(url: str, rows: int) -> list[tuple[str, str]]:
+    """Figures of `pubctl serve`."""
+    questions = max(min(rows, 100_000) // 2, 2000)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(read_sql_file("sample_app_schema.sql").encode())
+        migrate(url)
+        conn.execute(FILL.replace("%(rows)s", str(questions)).encode())
+        conn.execute("SELECT pub.apply_batch(1000000)")
+        conn.execute("VACUUM ANALYZE pub.content")
+        row = conn.execute("SELECT max(rev) FROM pub.content").fetchone()
+        middle = int(str(row[0])) // 4 if row else 0
+    proc, base = _serve(url)
+    try:
+        http_t, direct_t, size = _page_vs_psycopg(url, base, middle)
+        plain, conditional = _hot_page(base, middle)
+        p50, p99 = _latency(url, base)
+        many = _many(url, proc, base)
+    finally:
+        _stop(proc)
+    return [
+        (
+            f"page of {PAGE} over HTTP / pub.feed + encode in-process",
+            f"{_ratio(http_t, direct_t)}, {statistics.median(http_t) / 30 * 1000:.1f} ms a page"
+            f" ({size / 1024:.0f} KiB)",
+        ),
+        ("hot page of 1000, 16 clients: pages/s", f"{plain:,.0f}"),
+        ("same with If-None-Match (304): pages/s", f"{conditional:,.0f}"),
+        ("commit -> long-polling viewer, worker running: p50", f"{p50 * 1000:.1f} ms"),
+        ("commit -> long-polling viewer, worker running: p99", f"{p99 * 1000:.1f} ms"),
+        *many,
+    ]

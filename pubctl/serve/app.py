@@ -1,0 +1,416 @@
+"""The ASGI application of ``pubctl serve``: the feed, health and metrics routes.
+
+Requests borrow a connection from one ``AsyncConnectionPool`` only while their query
+runs. A long-poll that finds nothing new waits on the in-memory ``Notifier`` (see
+``listener.py``), holding no connection, and re-reads the feed when the applier
+publishes something beyond its cursor. Long-polls woken together with the same
+question share one query and one encoded body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pubctl import db
+from pubctl.queries import query
+from pubctl.serve import protocol
+from pubctl.serve.auth import TokenCheck
+from pubctl.serve.listener import Listener, Notifier
+from pubctl.serve.metrics import CONTENT_TYPE, Metrics
+from pubctl.serve.page import Page, Row
+from pubctl.serve.params import BadParameter, FeedParams, parse_feed_query
+
+log = logging.getLogger("pubctl.serve")
+
+DEFAULT_POOL_SIZE = 10
+DEFAULT_POOL_TIMEOUT_S = 5.0
+HEALTH_POOL_TIMEOUT_S = 2.0
+# A reconnection that keeps failing is abandoned after this long; the next request
+# then starts a fresh one at once instead of waiting out a long backoff.
+POOL_RECONNECT_TIMEOUT_S = 10.0
+RETRY_AFTER_UNREACHABLE_S = 5
+RETRY_AFTER_BUSY_S = 1
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the application needs to know."""
+
+    url: str
+    tokens: tuple[str, ...] = ()
+    pool_size: int = DEFAULT_POOL_SIZE
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT_S
+    head_revision: str = ""
+
+
+class Unavailable(Exception):
+    """The database cannot answer now: 503 with Retry-After."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class FeedIdMismatch(Exception):
+    """The cursor belongs to a published state that no longer exists: 409."""
+
+    def __init__(self, current: str) -> None:
+        super().__init__(current)
+        self.current = current
+
+
+def _json(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def _first_line(exc: BaseException) -> str:
+    return next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
+
+
+class FeedServer:
+    """The pool, the listener and the long-polls of one running server."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.tokens = TokenCheck(config.tokens)
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = (
+            AsyncConnectionPool(
+                config.url,
+                min_size=1,
+                max_size=config.pool_size,
+                open=False,
+                kwargs={
+                    "autocommit": True,
+                    "application_name": "pubctl serve",
+                    "connect_timeout": db.CONNECT_TIMEOUT_S,
+                },
+                check=AsyncConnectionPool.check_connection,
+                reconnect_timeout=POOL_RECONNECT_TIMEOUT_S,
+                name="pubctl-serve",
+            )
+        )
+        self.metrics = Metrics(self.pool.get_stats)
+        self.notifier: Notifier | None = None
+        self.listener: Listener | None = None
+        self._flights: dict[tuple[Any, ...], asyncio.Future[Page]] = {}
+        self.bodies = BodyCache()
+        self.waiting = 0
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.notifier = Notifier()
+        self.listener = Listener(
+            self.config.url,
+            self.notifier,
+            on_notification=self.metrics.notifications.inc,
+            on_reconnect=self.metrics.listener_reconnects.inc,
+        )
+        self.metrics.listener_connected.set_function(
+            lambda: 1.0 if self.listener and self.listener.connected else 0.0
+        )
+        await self.pool.open(wait=False)
+        self.listener.start()
+
+    def begin_shutdown(self) -> None:
+        """Answer every held long-poll now (SIGTERM); new ones are not held."""
+        if self.notifier is not None and not self.notifier.closing:
+            log.info("stopping: answering %d held long-polls now", self.waiting)
+            self.notifier.close()
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        if self.listener is not None:
+            await self.listener.stop()
+        await self.pool.close()
+
+    # -- reading the feed -------------------------------------------------------------
+
+    async def _query_page(self, params: FeedParams) -> Page:
+        try:
+            async with self.pool.connection(timeout=self.config.pool_timeout) as conn:
+                cur = await conn.execute(
+                    query("serve_feed_page"),
+                    {
+                        "after_rev": params.after,
+                        "max_rows": params.limit + 1,
+                        "kinds": list(params.kinds) if params.kinds else None,
+                    },
+                )
+                rows = await cur.fetchall()
+        except PoolTimeout as exc:
+            raise Unavailable(
+                f"no database connection within {self.config.pool_timeout:g}s "
+                f"(pool of {self.config.pool_size} busy, or the database is unreachable): "
+                f"{_first_line(exc)}",
+                RETRY_AFTER_BUSY_S,
+            ) from None
+        except psycopg.Error as exc:
+            raise Unavailable(
+                f"database error: {db.mask(_first_line(exc), self.config.url)}",
+                RETRY_AFTER_UNREACHABLE_S,
+            ) from None
+        feed_id = str(rows[0][0])
+        items: list[Row] = [row[1:] for row in rows if row[1] is not None]
+        has_more = len(items) > params.limit
+        return Page(feed_id, params.after, items[: params.limit], has_more)
+
+    async def _shared_page(self, params: FeedParams, generation: int) -> Page:
+        """Long-polls woken by the same notification with the same question share one
+        query (started after that notification arrived) and one encoded body."""
+        key = (params.after, params.limit, params.kinds, generation)
+        flight = self._flights.get(key)
+        if flight is not None:
+            await asyncio.wait([flight])
+            if not flight.cancelled():
+                return flight.result()
+            return await self._query_page(params)  # its first reader went away
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        try:
+            page = await self._query_page(params)
+        except asyncio.CancelledError:
+            flight.cancel()
+            raise
+        except Exception as exc:
+            flight.set_exception(exc)
+            flight.exception()  # marked as retrieved: each joiner re-raises it
+            raise
+        finally:
+            del self._flights[key]
+        flight.set_result(page)
+        return page
+
+    def _check_identity(self, params: FeedParams, page: Page) -> None:
+        if params.feed_id is not None and params.feed_id != page.feed_id:
+            raise FeedIdMismatch(page.feed_id)
+
+    async def read_feed(self, params: FeedParams) -> Page:
+        """The page after ``params.after``; with ``wait``, held until something newer is
+        published, the wait is over, or the server stops."""
+        notifier = self.notifier
+        assert notifier is not None
+        generation = notifier.generation
+        page = await self._query_page(params)
+        self._check_identity(params, page)
+        if page.rows or params.wait <= 0 or notifier.closing:
+            return page
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + params.wait
+        self.metrics.waiting.inc()
+        self.waiting += 1
+        try:
+            while not notifier.closing:
+                left = deadline - loop.time()
+                if left <= 0 or not await notifier.wait_past(generation, left):
+                    break
+                woken_at = notifier.generation
+                if notifier.newer_since(generation, params.after):
+                    page = await self._shared_page(params, woken_at)
+                    self._check_identity(params, page)
+                    if page.rows:
+                        break
+                generation = woken_at
+        finally:
+            self.metrics.waiting.dec()
+            self.waiting -= 1
+        return page
+
+
+class BodyCache:
+    """Encoded bodies by ETag, least recently used first out.
+
+    The ETag is a hash of the rows a body is written from, so an equal tag means an
+    equal body: many viewers reading the same page (a hot head page, or a crowd
+    catching up from rev 0) pay for its encoding once.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 2**20, max_entries: int = 256) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def body(self, page: Page) -> bytes:
+        cached = self._bodies.get(page.etag)
+        if cached is not None:
+            self._bodies.move_to_end(page.etag)
+            return cached
+        body = page.body
+        self._bodies[page.etag] = body
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes or len(self._bodies) > self.max_entries:
+            _tag, dropped = self._bodies.popitem(last=False)
+            self._bytes -= len(dropped)
+        return body
+
+
+def _if_none_match(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    for candidate in header.split(","):
+        tag = candidate.strip().removeprefix("W/")
+        if tag in (etag, "*"):
+            return True
+    return False
+
+
+def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
+    """The ASGI application (metrics middleware around Starlette) and its server."""
+    server = FeedServer(config)
+    unauthorized = {"WWW-Authenticate": 'Bearer realm="pubctl"'}
+
+    def denied(request: Request) -> Response | None:
+        if server.tokens.allows(request.headers.get("authorization")):
+            return None
+        log.warning("401 %s from %s: no valid bearer token", request.url.path, _peer(request))
+        return _json(401, {"error": "missing or invalid bearer token"}, unauthorized)
+
+    async def feed(request: Request) -> Response:
+        refusal = denied(request)
+        if refusal is not None:
+            return refusal
+        try:
+            params = parse_feed_query(
+                request.scope["query_string"], request.scope.get(protocol.SCOPE_KEY)
+            )
+        except BadParameter as exc:
+            log.warning("400 from %s: %s: %s", _peer(request), exc.parameter, exc.error)
+            return _json(400, {"error": exc.error, "parameter": exc.parameter})
+        try:
+            page = await server.read_feed(params)
+        except FeedIdMismatch as exc:
+            log.info("409 from %s: feed_id %s, now %s", _peer(request), params.feed_id, exc.current)
+            return _json(
+                409,
+                {
+                    "error": "feed_id names a published state that no longer exists; "
+                    "start again from after=0",
+                    "feed_id": exc.current,
+                },
+            )
+        except Unavailable as exc:
+            log.error("503 /published/feed: %s", exc.reason)
+            return _json(
+                503,
+                {"error": "the database is unavailable; retry later"},
+                {"Retry-After": str(exc.retry_after)},
+            )
+        headers = {"ETag": page.etag, "Cache-Control": "no-cache"}
+        server.metrics.served(page.last_rev)
+        if _if_none_match(request.headers.get("if-none-match"), page.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(server.bodies.body(page), media_type=JSON, headers=headers)
+
+    async def healthz(_request: Request) -> Response:
+        try:
+            async with server.pool.connection(timeout=HEALTH_POOL_TIMEOUT_S) as conn:
+                cur = await conn.execute(query("serve_health"))
+                row = await cur.fetchone()
+        except (PoolTimeout, psycopg.Error) as exc:
+            log.error("503 /healthz: %s", db.mask(_first_line(exc), config.url))
+            return _json(
+                503,
+                {"status": "unavailable", "reason": "the database does not answer"},
+                {"Retry-After": str(RETRY_AFTER_UNREACHABLE_S)},
+            )
+        revision, feed_id, last_rev = row if row else (None, None, None)
+        listener = server.listener
+        details = {
+            "revision": revision,
+            "feed_id": feed_id,
+            "last_rev": last_rev,
+            "listener": "connected" if listener and listener.connected else "reconnecting",
+        }
+        if revision != config.head_revision:
+            reason = (
+                f"the database is at pubctl revision {revision or 'none'}; "
+                f"this server needs {config.head_revision}"
+            )
+            log.error("503 /healthz: %s", reason)
+            return _json(
+                503,
+                {"status": "wrong_revision", "reason": reason, **details},
+                {"Retry-After": str(RETRY_AFTER_UNREACHABLE_S)},
+            )
+        return _json(200, {"status": "ok", **details})
+
+    async def metrics(request: Request) -> Response:
+        refusal = denied(request)
+        if refusal is not None:
+            return refusal
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        text = {404: "no such route", 405: "method not allowed; use GET or HEAD"}.get(
+            exc.status_code, "bad request"
+        )
+        path = _short(request.url.path)
+        log.info("%d %s %s from %s", exc.status_code, request.method, path, _peer(request))
+        return _json(exc.status_code, {"error": text}, dict(exc.headers or {}))
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        detail = db.mask(_first_line(exc), config.url)
+        log.error("500 %s: %s: %s", request.url.path, type(exc).__name__, detail)
+        return _json(500, {"error": "internal error"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/published/feed", _guarded(feed, internal_error), methods=["GET"]),
+            Route("/healthz", _guarded(healthz, internal_error), methods=["GET"]),
+            Route("/metrics", _guarded(metrics, internal_error), methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    return server.metrics.middleware(app), server
+
+
+def _guarded(
+    handler: Callable[[Request], Awaitable[Response]],
+    on_error: Callable[[Request, Exception], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """Any unexpected error becomes a logged 500 without details, never a traceback."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return await on_error(request, exc)
+
+    return guarded
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 80 else path[:80] + "..."

@@ -1,0 +1,213 @@
+"""`pubctl serve` under faults and load: the database going away and coming back,
+SIGTERM while long-polls are held, hundreds of long-polls on one listening connection,
+and a viewer process following the feed through writes, backfills and applier
+restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import conninfo
+
+from support import rawhttp
+from support.cli import spawn
+from support.db import Database
+from support.serve import (
+    Served,
+    publish,
+    reader_url,
+    serve_connections,
+    terminate_serve_backends,
+    wait_until,
+)
+from support.workload import Writers
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "http_viewer.py"
+
+
+def _set_connections_allowed(db: Database, allowed: bool) -> None:
+    name = conninfo.conninfo_to_dict(db.url)["dbname"]
+    with psycopg.connect(db.server.url(db.server.maintenance_dbname), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+
+
+def _metric(served: Served, name: str, token: str = "") -> float:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    for line in httpx.get(served.url("/metrics"), headers=headers, timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_health_follows_the_database_and_long_polls_survive_its_outage(pub_db: Database) -> None:
+    with pub_db.connect() as conn:
+        conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'before')")
+        conn.execute("SELECT pub.apply_batch(100)")
+    with Served(reader_url(pub_db), "--pool-timeout", "0.5") as served, pub_db.connect() as writer:
+        assert httpx.get(served.url("/healthz")).json()["status"] == "ok"
+        held: list[httpx.Response] = []
+        poll = threading.Thread(
+            target=lambda: held.append(
+                httpx.get(served.url("/published/feed?after=1&wait=30"), timeout=60)
+            )
+        )
+        poll.start()
+        wait_until(lambda: _metric(served, "pubctl_serve_waiting_long_polls") == 1)
+
+        _set_connections_allowed(pub_db, False)
+        terminate_serve_backends(pub_db)
+        down = httpx.get(served.url("/healthz"), timeout=30)
+        assert down.status_code == 503 and down.headers["retry-after"]
+        assert down.json()["status"] != "ok" and down.json()["reason"]
+        feed = httpx.get(served.url("/published/feed"), timeout=30)
+        assert feed.status_code == 503 and feed.headers["retry-after"]
+        assert "Traceback" not in down.text + feed.text
+        # Published while the listener is away: its notification is lost.
+        writer.execute("UPDATE study_topic SET name = 'during the outage' WHERE id = 1")
+        writer.execute("SELECT pub.apply_batch(100)")
+        assert not held, "the long-poll is still held"
+
+        _set_connections_allowed(pub_db, True)
+        back = wait_until(
+            lambda: httpx.get(served.url("/healthz"), timeout=30).status_code == 200, timeout=30
+        )
+        assert back, served.log
+        poll.join(30)
+        # The listener, back, woke every waiter to re-read: the missed change arrives.
+        assert held and held[0].status_code == 200
+        assert [i["payload"]["name"] for i in held[0].json()["items"]] == ["during the outage"]
+    assert "listener lost the database" in served.log
+    assert "listener reconnected" in served.log
+    assert "Traceback" not in served.log
+
+
+def test_sigterm_answers_held_long_polls_and_exits_0(pub_db: Database) -> None:
+    served = Served(reader_url(pub_db))
+    answers: list[tuple[int, Any]] = []
+
+    def poll() -> None:
+        response = httpx.get(served.url("/published/feed?wait=60"), timeout=60)
+        answers.append((response.status_code, response.json()))
+
+    threads = [threading.Thread(target=poll) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: _metric(served, "pubctl_serve_waiting_long_polls") == 20)
+    start = time.monotonic()
+    assert served.stop(signal.SIGTERM) == 0
+    stopped = time.monotonic() - start
+    for thread in threads:
+        thread.join(10)
+    assert stopped < 5, stopped
+    assert len(answers) == 20
+    assert all(code == 200 and body["items"] == [] for code, body in answers), answers
+    assert "stopped (SIGTERM)" in served.log
+
+
+async def _hold_many(base: str, count: int, after: int) -> list[tuple[int, Any, float]]:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    answers = await asyncio.gather(
+        *(
+            rawhttp.get(host, int(port), f"/published/feed?after={after}&wait=30")
+            for _ in range(count)
+        )
+    )
+    return [(status, json.loads(body), at) for status, _headers, body, at in answers]
+
+
+def test_500_long_polls_share_one_listening_connection(pub_db: Database) -> None:
+    """Held by a minimal asyncio client: httpx's pool bookkeeping grows with its open
+    connections, and with 500 of them the client, not the server, is what is timed."""
+    count, pool_size = 500, 4
+    with Served(reader_url(pub_db), "--pool-size", str(pool_size)) as served:
+        results: list[Any] = []
+        runner = threading.Thread(
+            target=lambda: results.extend(asyncio.run(_hold_many(served.base, count, 0)))
+        )
+        runner.start()
+        assert wait_until(
+            lambda: _metric(served, "pubctl_serve_waiting_long_polls") == count, timeout=60
+        ), served.log
+        held_with = serve_connections(pub_db)
+        assert held_with <= pool_size + 1, held_with
+        publish(pub_db, "INSERT INTO study_topic (id, name) VALUES (1, 'wake up')")
+        written = time.monotonic()
+        runner.join(60)
+        assert len(results) == count
+        assert all(
+            code == 200 and [i["rev"] for i in body["items"]] == [1] for code, body, _ in results
+        )
+        last = max(at for _, _, at in results) - written
+        assert last < 2.5, last
+        assert serve_connections(pub_db) <= pool_size + 1
+
+
+def _pubctl_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PUBCTL_DATABASE_URL", "DATABASE_URL")}
+
+
+def test_viewer_follows_writes_backfills_and_applier_restarts(
+    pub_db: Database, tmp_path: Path
+) -> None:
+    with pub_db.connect() as conn:
+        conn.execute(
+            "INSERT INTO study_topic (id, name) SELECT g, 't' || g FROM generate_series(1, 3) g"
+        )
+        conn.execute("SELECT pub.apply_batch(100)")
+    copy_file, stop_file = tmp_path / "copy.json", tmp_path / "stop"
+    with Served(reader_url(pub_db), env={"PUBCTL_FEED_TOKENS": "viewer-token"}) as served:
+        viewer = subprocess.Popen(
+            [sys.executable, str(EXAMPLE), served.base, "--token", "viewer-token",
+             "--follow-until", str(stop_file), "--save", str(copy_file), "--page", "50", "--wait", "1"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        worker = spawn(pub_db.url, "worker", "--poll-interval", "0.2", env=_pubctl_env())
+        try:
+            with Writers(pub_db, count=2, seed=7, max_id=60, pause_s=0.002) as writers:
+                time.sleep(1.5)
+                worker.send_signal(signal.SIGKILL)
+                worker.wait(10)
+                with pub_db.connect() as conn:
+                    conn.execute("UPDATE study_topic SET name = name || ' (while no applier)'")
+                backfill = spawn(
+                    pub_db.url, "backfill", "all", "--batch-size", "20", env=_pubctl_env()
+                )
+                assert backfill.wait(60) == 0
+                worker = spawn(pub_db.url, "worker", "--poll-interval", "0.2", env=_pubctl_env())
+                time.sleep(1.5)
+            assert not writers.errors, writers.errors
+            assert writers.writes > 50
+            with pub_db.connect() as conn:
+                conn.execute("SELECT pub.apply_batch(100000)")  # whatever the worker has left
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(10)
+        with pub_db.connect() as conn:
+            last_rev = conn.execute("SELECT last_rev FROM pub.rev_counter").fetchone()[0]
+            content = {
+                f"{kind}/{source_id}": payload
+                for kind, source_id, payload in conn.execute(
+                    "SELECT kind, source_id, payload FROM pub.content WHERE NOT deleted"
+                )
+            }
+        assert wait_until(
+            lambda: _metric(served, "pubctl_serve_last_rev_served", "viewer-token") >= last_rev,
+            timeout=15,
+        )
+        stop_file.write_text("")
+        _out, err = viewer.communicate(timeout=60)
+    assert viewer.returncode == 0, err
+    saved = json.loads(copy_file.read_text())
+    assert saved["cursor"] == last_rev
+    assert saved["items"] == content
