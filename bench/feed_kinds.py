@@ -18,10 +18,9 @@ PAGE = 1000
 
 FILL = """
 INSERT INTO pub.content (kind, source_id, rev, payload, payload_hash, schema_version, deleted)
-SELECT CASE WHEN g % 1000 = 0 THEN 'topic' WHEN g % 2 = 0 THEN 'question' ELSE 'explanation' END,
+SELECT CASE WHEN g %% 1000 = 0 THEN 'topic' WHEN g %% 2 = 0 THEN 'question' ELSE 'explanation' END,
        g, g, jsonb_build_object('id', g, 'text', rpad('x', 380, 'y ' || g)), md5(g::text), 1, false
-FROM generate_series(1, %(items)s) g;
-UPDATE pub.rev_counter SET last_rev = %(items)s;
+FROM generate_series(1, %(items)s) g
 """
 
 
@@ -45,6 +44,7 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
         conn.execute(read_sql_file("sample_app_schema.sql").encode())
         migrate(url)
         conn.execute(FILL, {"items": items})
+        conn.execute("UPDATE pub.rev_counter SET last_rev = %s", (items,))
         conn.execute("VACUUM ANALYZE pub.content")
         # Pages from the middle of the feed (topics: from the start, there are so few).
         middle = items // 2

@@ -51,7 +51,7 @@ class SourceResult:
     """What the backfill of one source table did."""
 
     source: str
-    state: str  # finished | stopped | nothing to resume | dry run
+    state: str  # finished | stopped | interrupted | nothing to resume | dry run
     rows: int = 0
     enqueued: int = 0
     pages: int = 0
@@ -62,6 +62,23 @@ class SourceResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self, target: str) -> str:
+        """One line for humans; ``target`` is what was asked (topics, questions, all)."""
+        if self.state == "nothing to resume":
+            return f"{self.source}: nothing to resume (the last run finished, or none was started)"
+        done = f"{self.rows} rows read, {self.enqueued} outbox rows"
+        if self.state == "dry run":
+            return f"{self.source}: dry run, {done} would be enqueued; nothing was written"
+        pages = f"{self.pages} page" + ("" if self.pages == 1 else "s")
+        line = f"{self.source}: {self.state}, {done} enqueued in {pages} ({self.seconds:.1f}s)"
+        if self.state in ("stopped", "interrupted"):
+            why = "--max-rows" if self.state == "stopped" else "interrupted"
+            line += (
+                f"; stopped at id {self.last_id} ({why}); continue with "
+                f"`pubctl backfill {target} --resume`"
+            )
+        return line
 
 
 @dataclass
@@ -99,6 +116,9 @@ class Backfill:
     conn: Conn
     options: Options
     on_progress: Callable[[Progress], None] = lambda _p: None
+    # Checked before every page: a stop request (SIGTERM, SIGINT) ends the run at a page
+    # boundary, its checkpoint committed, state "interrupted" (`--resume` continues).
+    should_stop: Callable[[], bool] = lambda: False
     budget: _Budget = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,9 +141,17 @@ class Backfill:
             # Writes made while publishing was off by transactions still open would be
             # committed after the pages read past them: wait until they end.
             capture.wait_for_unpublished_writers(
-                self.conn, self.options.wait_timeout_s, self._report_unpublished_writers
+                self.conn,
+                self.options.wait_timeout_s,
+                self._report_unpublished_writers,
+                self.should_stop,
             )
-        return [self._one(SOURCES[target]) for target in targets]
+        results: list[SourceResult] = []
+        for target in targets:
+            results.append(self._one(SOURCES[target]))
+            if results[-1].state == "interrupted":
+                break
+        return results
 
     def _report_unpublished_writers(
         self, writers: list[capture.UnpublishedWriter], waited: float
@@ -168,7 +196,7 @@ class Backfill:
             raise
         result.seconds = round(time.monotonic() - started, 3)
         if not opts.dry_run:
-            self._set_state(source, result.state)
+            self._set_state(source, "stopped" if result.state == "interrupted" else result.state)
         else:
             result.state = "dry run"
         return result
@@ -179,6 +207,8 @@ class Backfill:
             page_size = self.budget.page(opts.page_size)
             if page_size <= 0:
                 return "stopped"
+            if self.should_stop():
+                return "interrupted"
             result.waited_for_backlog_s += self._wait_for_backlog(source, result, estimate, started)
             row = self._page(source, result.last_id, page_size)
             rows_read, last_id, enqueued, finished = int(row[0]), row[1], int(row[2]), row[3]
@@ -232,7 +262,7 @@ class Backfill:
         waited = 0.0
         while True:
             row = self.conn.execute(query("outbox_backlog_at_least"), {"limit": limit}).fetchone()
-            if not row or not row[0]:
+            if not row or not row[0] or self.should_stop():
                 return waited
             self.on_progress(
                 Progress(source, result.rows, result.enqueued, result.pages, estimate,

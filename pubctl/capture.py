@@ -91,20 +91,27 @@ def unpublished_writers(conn: Conn) -> list[UnpublishedWriter]:
         return cur.execute(query("unpublished_writers")).fetchall()
 
 
+class WaitInterrupted(PubctlError):
+    """Stopped (SIGTERM, SIGINT) while waiting for writers from before ``enable``."""
+
+
 def wait_for_unpublished_writers(
     conn: Conn,
     timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
     on_wait: Callable[[list[UnpublishedWriter], float], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> float:
     """Wait until no transaction that wrote while publishing was off is open.
 
     Returns the seconds waited. Each attempt waits at most a second for the lock (so
     that writers queued behind the request are held no longer), then reports who is
     still open through ``on_wait``. Raises ``PubctlError`` naming them after
-    ``timeout_s``.
+    ``timeout_s``, ``WaitInterrupted`` when ``should_stop`` says so.
     """
     started = time.monotonic()
     while True:
+        if should_stop():
+            raise WaitInterrupted("stopped while waiting for writers from before `enable`")
         try:
             with conn.transaction():
                 conn.execute(

@@ -1,33 +1,43 @@
 """The ``pubctl`` command line: a thin layer over the modules that do the work.
 
-Exit codes: 0 success, 1 ``verify`` found drift, 2 bad usage or bad input,
-3 an operation failed, 4 the database was migrated by a newer pubctl.
+Every command takes the global options before or after its name, opens its database
+through :func:`pubctl.shell.connection`, and leaves errors to :class:`pubctl.shell.Group`
+(one line, one exit code). Modules that only some commands need are imported inside
+those commands, so that ``pubctl --help`` stays quick.
+
+Exit codes: 0 success, 1 ``verify`` found drift or ``status`` found capture not OK,
+2 bad usage or bad input, 3 an operation failed, 4 the database was migrated by a newer
+pubctl, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import signal
 import sys
-import traceback
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
-import psycopg
 
-from pubctl import __version__, capture, db, migrate, progress, status
-from pubctl import apply as applier
-from pubctl import backfill as backfiller
-from pubctl import feed as feed_reader
-from pubctl import verify as verifier
-from pubctl import worker as worker_loop
-from pubctl.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_USAGE, PubctlError
-from pubctl.queries import read_sql_file
+from pubctl import __version__
+from pubctl.errors import EXIT_DRIFT, PubctlError
+from pubctl.shell import (
+    EXIT_INTERRUPTED,
+    Group,
+    Settings,
+    command_options,
+    connection,
+    group_options,
+    refuse_app_schema,
+    settings,
+)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+KINDS = ("topic", "question", "explanation")
+DEFAULT_APP_SCHEMA = "public"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class SecondsRange(click.FloatRange):
@@ -51,76 +61,81 @@ BIGINT_FROM_0 = click.IntRange(min=0, max=2**63 - 1)
 REPORT_SIZE = click.IntRange(min=0, max=1_000_000)
 LOCK_ATTEMPTS = click.IntRange(min=1, max=1000)
 
-
-@dataclass
-class Settings:
-    """Options shared by every command."""
-
-    url: str
-    debug: bool
-    app_schema: str | None
-
-
-_debug = False
-
-
-def _check_url(_ctx: click.Context, param: click.Parameter, value: str | None) -> str:
-    url = value or ""
-    try:
-        return db.validate_url(url)
-    except db.BadDatabaseUrl as exc:
-        raise click.BadParameter(str(exc), param=param) from None
-
-
-@click.group(context_settings=CONTEXT_SETTINGS)
-@click.option(
-    "--database-url",
-    envvar=["PUBCTL_DATABASE_URL", "DATABASE_URL"],
-    show_envvar=True,
-    callback=_check_url,
-    metavar="URL",
-    help="libpq URL or conninfo of the database; without it, the PG* environment is used.",
+# Options several commands share.
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+WAIT_TIMEOUT = click.option(
+    "--wait-timeout",
+    type=SecondsRange(min=0, max=86400),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for transactions that wrote while publishing was off to end.",
 )
-@click.option(
-    "--app-schema",
-    envvar="PUBCTL_APP_SCHEMA",
-    show_envvar=True,
-    metavar="SCHEMA",
-    help="Schema of study_topic and study_question, chosen at the first migrate [default: public].",
-)
-@click.option(
-    "--debug",
-    is_flag=True,
-    envvar="PUBCTL_DEBUG",
-    show_envvar=True,
-    help="Show tracebacks on errors.",
-)
+
+
+def kind_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--kind", "kinds", type=click.Choice(KINDS), multiple=True, help=help_text)
+
+
+def batch_size_option(default: int, help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--batch-size", type=PAGE_SIZE, default=default, show_default=True, help=help_text
+    )
+
+
+def poll_interval_option(default: float) -> Callable[[F], F]:
+    return click.option(
+        "--poll-interval",
+        type=SecondsRange(min=0.05, max=3600),
+        default=default,
+        show_default=True,
+        envvar="PUBCTL_POLL_INTERVAL",
+        show_envvar=True,
+        help="Seconds between polls when no notification arrives.",
+    )
+
+
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
+@group_options
 @click.version_option(__version__, "--version", prog_name="pubctl")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str, app_schema: str | None, debug: bool) -> None:
+def cli(ctx: click.Context) -> None:
     """Publish study topics and questions through triggers, an outbox and a feed."""
-    global _debug
-    _debug = debug
-    ctx.obj = Settings(url=database_url, debug=debug, app_schema=app_schema)
+    ctx.ensure_object(Settings)
 
 
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_object(Settings)
-    assert obj is not None
-    return obj
+def command(name: str) -> Callable[[F], click.Command]:
+    """A pubctl command: takes the global options after its name, too."""
+
+    def decorate(fn: F) -> click.Command:
+        return cli.command(name)(command_options(click.pass_context(fn)))
+
+    return decorate
+
+
+def _stop_on_signals() -> Any:
+    from pubctl.worker import StopFlag
+
+    stop = StopFlag()
+    stop.install()
+    return stop
+
+
+# --- migrate ------------------------------------------------------------------------
 
 
 def _revision_choice(_ctx: click.Context, param: click.Parameter, value: str) -> str:
-    known = migrate.revisions()
-    if value in ("head", "base", *known):
+    from pubctl import revision
+
+    if value in ("head", "base", *revision.REVISIONS):
         return value
     raise click.BadParameter(
-        f"{value!r} is not a pubctl revision; use head, base or one of: {', '.join(known)}",
+        f"{value!r} is not a pubctl revision; use head, base or one of: "
+        + ", ".join(revision.REVISIONS),
         param=param,
     )
 
 
-@cli.command("migrate")
+@command("migrate")
 @click.option(
     "--revision",
     default="head",
@@ -131,59 +146,100 @@ def _revision_choice(_ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--lock-timeout",
     type=SecondsRange(min=0.01, max=3600),
-    default=migrate.DEFAULT_LOCK_TIMEOUT_S,
+    default=2.0,
     show_default=True,
     help="Seconds to wait for a lock on the application's tables before retrying.",
 )
 @click.option(
     "--lock-attempts",
     type=LOCK_ATTEMPTS,
-    default=migrate.DEFAULT_LOCK_ATTEMPTS,
+    default=5,
     show_default=True,
     help="Attempts before giving up when the tables stay locked.",
 )
-@click.pass_context
-def migrate_cmd(ctx: click.Context, revision: str, lock_timeout: float, lock_attempts: int) -> None:
+@click.option(
+    "--drop-published-state",
+    is_flag=True,
+    help="Allow a downgrade that drops the published state (viewers must start over).",
+)
+def migrate_cmd(
+    ctx: click.Context,
+    revision: str,
+    lock_timeout: float,
+    lock_attempts: int,
+    drop_published_state: bool,
+) -> None:
     """Upgrade (or downgrade) pubctl's schema in the database."""
-    settings = _settings(ctx)
+    from pubctl import migrate
+
+    current = settings(ctx)
     run = migrate.migrate(
-        settings.url,
+        current.url,
         revision,
-        app_schema=settings.app_schema,
+        app_schema=current.app_schema,
         on_step=lambda message: click.echo(f"  {message}"),
         lock_timeout_s=lock_timeout,
         attempts=lock_attempts,
+        drop_published_state=drop_published_state,
     )
-    where = db.describe(settings.url)
+    where = current.describe()
     if not run.steps:
         click.echo(f"{where} is already at revision {run.after or 'base'}; nothing to do")
-    else:
-        click.echo(f"migrated {where} from {run.before or 'base'} to {run.after or 'base'}")
+        return
+    click.echo(f"migrated {where} from {run.before or 'base'} to {run.after or 'base'}")
+    if run.created_published_state:
+        click.echo(
+            f"the published state is new (feed id {run.feed_id}): viewers holding a cursor "
+            "see another feed id and start again from rev 0. Publish what the tables hold "
+            "now:\n"
+            "  pubctl backfill all\n"
+            "  pubctl apply        (or keep `pubctl worker` running)\n"
+            "  pubctl verify"
+        )
 
 
-@cli.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.pass_context
+# --- status, enable, disable ----------------------------------------------------------
+
+
+@command("status")
+@JSON_OPTION
 def status_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Show the migration revision, capture and publishing state."""
-    settings = _settings(ctx)
-    report = status.collect(settings.url)
+    """Show the migration revision, capture and publishing state; exit 1 when capture is
+    not OK. With --json, one JSON object in every case (an "error" field when the state
+    could not be read, with that failure's exit status)."""
+    from pubctl import shell, status
+
+    current = settings(ctx)
+    try:
+        refuse_app_schema(ctx)
+        with connection(ctx, check_revision=False) as conn:
+            report = status.report(conn, current.describe())
+    except click.UsageError:
+        raise
+    except Exception as exc:
+        if not as_json:
+            raise
+        code, line = shell.describe_error(exc, current, "status")
+        from pubctl import db
+
+        click.echo(
+            json.dumps(
+                {"error": db.mask(line, current.url), "exit_code": code,
+                 "database": current.describe()},
+                indent=2,
+            )
+        )  # fmt: skip
+        sys.exit(code)
+    refuse_app_schema(ctx, report["app_schema"])
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         click.echo(status.render(report))
+    if not report["capture_ok"]:
+        sys.exit(EXIT_DRIFT)
 
 
-WAIT_TIMEOUT = click.option(
-    "--wait-timeout",
-    type=SecondsRange(min=0, max=86400),
-    default=capture.DEFAULT_WAIT_TIMEOUT_S,
-    show_default=True,
-    help="Seconds to wait for transactions that wrote while publishing was off to end.",
-)
-
-
-def _report_unpublished_writers(writers: list[capture.UnpublishedWriter], waited: float) -> None:
+def _report_unpublished_writers(writers: list[Any], waited: float) -> None:
     click.echo(
         f"  waiting {waited:.0f}s for {len(writers)} open transaction(s) that wrote while "
         "publishing was off: " + "; ".join(w.describe() for w in writers),
@@ -191,56 +247,80 @@ def _report_unpublished_writers(writers: list[capture.UnpublishedWriter], waited
     )
 
 
-@cli.command("enable")
+@command("enable")
 @WAIT_TIMEOUT
-@click.pass_context
 def enable_cmd(ctx: click.Context, wait_timeout: float) -> None:
     """Switch publishing on: writes to the application's tables reach the outbox.
 
     Then waits until every transaction that wrote while publishing was off has ended,
     so that a backfill started afterwards sees their writes."""
-    settings = _settings(ctx)
-    with db.connect(settings.url, autocommit=True) as conn:
-        migrate.require_current(conn, settings.url)
+    from pubctl import capture
+
+    refuse_app_schema(ctx)
+    with connection(ctx) as conn:
         capture.set_publishing(conn, True)
-        click.echo(f"publishing is on for {db.describe(settings.url)}")
+        click.echo(f"publishing is on for {settings(ctx).describe()}")
         capture.wait_for_unpublished_writers(conn, wait_timeout, _report_unpublished_writers)
     click.echo("run `pubctl backfill all` to publish what changed while it was off")
 
 
-@cli.command("disable")
-@click.pass_context
+@command("disable")
 def disable_cmd(ctx: click.Context) -> None:
     """Switch publishing off: writes add nothing to the outbox until `enable`."""
-    settings = _settings(ctx)
-    with db.connect(settings.url, autocommit=True) as conn:
-        migrate.require_current(conn, settings.url)
+    from pubctl import capture
+
+    refuse_app_schema(ctx)
+    with connection(ctx) as conn:
         capture.set_publishing(conn, False)
-    click.echo(f"publishing is off for {db.describe(settings.url)}")
+    click.echo(f"publishing is off for {settings(ctx).describe()}")
 
 
-KINDS = ("topic", "question", "explanation")
+# --- apply, worker, feed ------------------------------------------------------------------
 
 
-@cli.command("apply")
-@click.option(
-    "--batch-size",
-    type=PAGE_SIZE,
-    default=applier.DEFAULT_BATCH_SIZE,
-    show_default=True,
-    help="Outbox rows per batch; each batch is one transaction.",
-)
-@click.pass_context
+@command("apply")
+@batch_size_option(1000, "Outbox rows per batch; each batch is one transaction.")
 def apply_cmd(ctx: click.Context, batch_size: int) -> None:
     """Drain the outbox into the published state until it is empty, then exit."""
-    settings = _settings(ctx)
-    with db.connect(settings.url, autocommit=True) as conn:
-        migrate.require_current(conn, settings.url)
+    from pubctl import apply as applier
+
+    refuse_app_schema(ctx)
+    with connection(ctx) as conn:
         totals = applier.drain(conn, batch_size)
     click.echo(f"applied {totals.summary()}")
 
 
-@cli.command("feed")
+@command("worker")
+@batch_size_option(1000, "Outbox rows per batch.")
+@poll_interval_option(5.0)
+@click.option("-v", "--verbose", is_flag=True, help="Log one line per batch.")
+def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbose: bool) -> None:
+    """Keep applying, woken by LISTEN/NOTIFY; stops cleanly on SIGTERM or SIGINT."""
+    import logging
+
+    from pubctl import worker as worker_loop
+
+    refuse_app_schema(ctx)
+    _log_to_stderr("worker", verbose)
+    stop = _stop_on_signals()
+    worker_loop.run(
+        settings(ctx).url, batch_size=batch_size, poll_interval=poll_interval, stop=stop
+    )
+    logging.shutdown()
+
+
+def _log_to_stderr(name: str, verbose: bool = False) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"%(asctime)s pubctl {name}: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("psycopg").setLevel(logging.WARNING)
+
+
+@command("feed")
 @click.option(
     "--after",
     "after_rev",
@@ -255,73 +335,57 @@ def apply_cmd(ctx: click.Context, batch_size: int) -> None:
     default=None,
     help="Print at most this many rows (default: read to the end).",
 )
+@kind_option("Only these kinds (repeatable).")
 @click.option(
-    "--kind",
-    "kinds",
-    type=click.Choice(KINDS),
-    multiple=True,
-    help="Only these kinds (repeatable).",
+    "--follow",
+    is_flag=True,
+    help="Keep printing changes as the applier publishes them; reconnects after a "
+    "database restart.",
 )
-@click.option("--follow", is_flag=True, help="Keep tailing the feed after its end.")
-@click.pass_context
+@poll_interval_option(5.0)
 def feed_cmd(
-    ctx: click.Context, after_rev: int, limit: int | None, kinds: tuple[str, ...], follow: bool
+    ctx: click.Context,
+    after_rev: int,
+    limit: int | None,
+    kinds: tuple[str, ...],
+    follow: bool,
+    poll_interval: float,
 ) -> None:
-    """Print the feed as JSON lines, in rev order."""
-    settings = _settings(ctx)
-    stop = worker_loop.StopFlag()
+    """Print the feed as JSON lines, in rev order.
+
+    Needs nothing but what a feed reader has: USAGE on schema pub and EXECUTE on
+    pub.feed and pub.feed_id."""
+    from pubctl import feed as feed_reader
+
+    refuse_app_schema(ctx)
+    current = settings(ctx)
     if follow:
-        stop.install()
-    with db.connect(settings.url, autocommit=True) as conn:
-        migrate.require_current(conn, settings.url)
-        for line in feed_reader.read(
-            conn, after_rev, limit, kinds or None, follow=follow, should_stop=stop
-        ):
+        if limit is not None:
+            raise click.UsageError("--follow reads on without end; drop --limit", ctx=ctx)
+        _log_to_stderr("feed")
+        stop = _stop_on_signals()
+        feed_reader.follow(
+            current.url,
+            after_rev,
+            kinds or None,
+            click.echo,
+            poll_interval=poll_interval,
+            should_stop=stop,
+        )
+        return
+    with connection(ctx, check_revision=False) as conn:
+        feed_reader.check_revision(conn, current.describe())
+        feed_reader.feed_id(conn, current.describe())
+        for line in feed_reader.read(conn, after_rev, limit, kinds or None):
             click.echo(line)
 
 
-@cli.command("worker")
-@click.option(
-    "--batch-size",
-    type=PAGE_SIZE,
-    default=applier.DEFAULT_BATCH_SIZE,
-    show_default=True,
-    help="Outbox rows per batch.",
-)
-@click.option(
-    "--poll-interval",
-    type=SecondsRange(min=0.05, max=3600),
-    default=5.0,
-    show_default=True,
-    envvar="PUBCTL_POLL_INTERVAL",
-    show_envvar=True,
-    help="Seconds between polls when no notification arrives.",
-)
-@click.option("-v", "--verbose", is_flag=True, help="Log one line per batch.")
-@click.pass_context
-def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbose: bool) -> None:
-    """Keep applying, woken by LISTEN/NOTIFY; stops cleanly on SIGTERM or SIGINT."""
-    settings = _settings(ctx)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s pubctl worker: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("psycopg").setLevel(logging.WARNING)
-    stop = worker_loop.StopFlag()
-    stop.install()
-    worker_loop.run(settings.url, batch_size=batch_size, poll_interval=poll_interval, stop=stop)
+# --- backfill, verify ---------------------------------------------------------------------
 
 
-@cli.command("backfill")
+@command("backfill")
 @click.argument("target", type=click.Choice(["topics", "questions", "all"]))
-@click.option(
-    "--batch-size",
-    type=PAGE_SIZE,
-    default=backfiller.DEFAULT_PAGE_SIZE,
-    show_default=True,
-    help="Source rows per page; each page is one transaction.",
-)
+@batch_size_option(5000, "Source rows per page; each page is one transaction.")
 @click.option(
     "--after-id",
     type=BIGINT_FROM_0,
@@ -348,8 +412,7 @@ def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbos
     help="Also enqueue tombstones for deleted rows (after losing the published state).",
 )
 @WAIT_TIMEOUT
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.pass_context
+@JSON_OPTION
 def backfill_cmd(
     ctx: click.Context,
     target: str,
@@ -363,10 +426,16 @@ def backfill_cmd(
     wait_timeout: float,
     as_json: bool,
 ) -> None:
-    """Enqueue every existing row's current payload, in bounded, resumable pages."""
+    """Enqueue every existing row's current payload, in bounded, resumable pages.
+
+    SIGTERM or SIGINT stops it at a page boundary (its checkpoint committed) and prints
+    the command that resumes it; exit 0 after SIGTERM, 130 after SIGINT."""
+    from pubctl import backfill as backfiller
+    from pubctl import progress
+
     if resume and after_id is not None:
         raise click.UsageError("--resume continues where the last run stopped; drop --after-id")
-    settings = _settings(ctx)
+    refuse_app_schema(ctx)
     options = backfiller.Options(
         page_size=batch_size,
         after_id=after_id or 0,
@@ -379,44 +448,31 @@ def backfill_cmd(
     )
     targets = ["topics", "questions"] if target == "all" else [target]
     reporter = progress.BackfillReporter(live=None if not as_json else False)
-    with db.connect(settings.url, autocommit=True) as conn:
-        migrate.require_current(conn, settings.url)
+    stop = _stop_on_signals()
+    with connection(ctx) as conn:
         try:
-            results = backfiller.Backfill(conn, options, on_progress=reporter).run(targets)
+            run = backfiller.Backfill(conn, options, on_progress=reporter, should_stop=stop)
+            results = run.run(targets)
         finally:
             reporter.close()
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))
-        return
-    for r in results:
-        click.echo(_backfill_summary(r, target))
-
-
-def _backfill_summary(r: backfiller.SourceResult, target: str) -> str:
-    if r.state == "nothing to resume":
-        return f"{r.source}: nothing to resume (the last run finished, or none was started)"
-    done = f"{r.rows} rows read, {r.enqueued} outbox rows"
-    if r.state == "dry run":
-        return f"{r.source}: dry run, {done} would be enqueued; nothing was written"
-    pages = f"{r.pages} page" + ("" if r.pages == 1 else "s")
-    line = f"{r.source}: {r.state}, {done} enqueued in {pages} ({r.seconds:.1f}s)"
-    if r.state == "stopped":
-        line += (
-            f"; stopped at id {r.last_id} (--max-rows); continue with "
-            f"`pubctl backfill {target} --resume`"
+    else:
+        for r in results:
+            click.echo(r.summary(target))
+    if any(r.state == "interrupted" for r in results):
+        click.echo(
+            f"pubctl: backfill stopped by {stop.signal_name}; continue with "
+            f"`pubctl backfill {target} --resume`",
+            err=True,
         )
-    return line
+        if stop.signal_name == "SIGINT":
+            sys.exit(EXIT_INTERRUPTED)
 
 
-@cli.command("verify")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--kind",
-    "kinds",
-    type=click.Choice(KINDS),
-    multiple=True,
-    help="Only these kinds (repeatable; default all).",
-)
+@command("verify")
+@JSON_OPTION
+@kind_option("Only these kinds (repeatable; default all).")
 @click.option(
     "--limit-report",
     type=REPORT_SIZE,
@@ -432,7 +488,6 @@ def _backfill_summary(r: backfiller.SourceResult, target: str) -> str:
     help="Also fail (exit 1) on this category, which is not drift by default.",
 )
 @click.option("--wait", is_flag=True, help="Drain the outbox first, so nothing is pending.")
-@click.pass_context
 def verify_cmd(
     ctx: click.Context,
     as_json: bool,
@@ -442,9 +497,11 @@ def verify_cmd(
     wait: bool,
 ) -> None:
     """Compare the source, the published state and the Python reference; exit 1 on drift."""
-    settings = _settings(ctx)
-    with db.connect(settings.url, autocommit=True) as conn:
-        migrate.require_current(conn, settings.url)
+    from pubctl import apply as applier
+    from pubctl import verify as verifier
+
+    refuse_app_schema(ctx)
+    with connection(ctx) as conn:
         if wait:
             applier.drain(conn)
         report = verifier.verify(
@@ -458,95 +515,47 @@ def verify_cmd(
         sys.exit(EXIT_DRIFT)
 
 
-@cli.command("demo")
-@click.option("--keep", is_flag=True, help="Leave the demo server running and print its URL.")
-@click.pass_context
+# --- demo, init-sample-schema, serve ----------------------------------------------------
+
+
+@command("demo")
+@click.option("--keep", is_flag=True, help="Leave the demo server (or database) for exploring.")
 def demo_cmd(ctx: click.Context, keep: bool) -> None:
     """The whole flow on a throwaway database, narrated, with real output.
 
-    With PUBCTL_DATABASE_URL (or --database-url) it uses that server instead, in a new
-    database of its own."""
+    With --database-url or PUBCTL_DATABASE_URL (not plain DATABASE_URL) it uses that
+    server instead, in a new database of its own, dropped at the end unless --keep."""
     from pubctl import demo
 
-    settings = _settings(ctx)
+    refuse_app_schema(ctx)
+    current = settings(ctx)
+    server_url = current.url if current.url_source in ("option", "PUBCTL_DATABASE_URL") else None
     # SIGTERM unwinds like Ctrl-C, so the throwaway server is always removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-    if not demo.main(settings.url or None, keep):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_INTERRUPTED))
+    if not demo.main(server_url, keep):
         raise PubctlError("the demo did not behave as narrated (see above)")
 
 
-@cli.command("init-sample-schema")
-@click.pass_context
+@command("init-sample-schema")
 def init_sample_schema_cmd(ctx: click.Context) -> None:
     """Create the sample study_topic / study_question tables (demos and tests only)."""
-    settings = _settings(ctx)
-    schema = settings.app_schema or migrate.DEFAULT_APP_SCHEMA
-    with db.connect(settings.url) as conn:
-        ident = psycopg.sql.Identifier(schema)
-        conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-        conn.execute(psycopg.sql.SQL("SET LOCAL search_path TO {}").format(ident))
-        conn.execute(read_sql_file("sample_app_schema.sql").encode())
+    from pubctl import sample
+
+    schema = settings(ctx).app_schema or DEFAULT_APP_SCHEMA
+    with connection(ctx, autocommit=False, check_revision=False) as conn:
+        sample.create_tables(conn, schema)
     click.echo(f"sample tables study_topic, study_question are in schema {schema}")
 
 
-from pubctl.serve.command import serve_cmd  # noqa: E402
+def _register_serve() -> None:
+    from pubctl.serve.command import serve_cmd
 
-cli.add_command(serve_cmd)
+    cli.add_command(command_options(serve_cmd))
 
 
-def _fail(message: str, code: int, url: str = "") -> NoReturn:
-    click.echo(f"pubctl: {db.mask(message, url)}", err=True)
-    sys.exit(code)
+_register_serve()
 
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``pubctl`` console script."""
-    args = sys.argv[1:] if argv is None else argv
-    url_hint = _url_from_args(args)
-    try:
-        return cli.main(args=args, prog_name="pubctl", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
-        sys.exit(EXIT_USAGE)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("pubctl: interrupted", err=True)
-        sys.exit(130)
-    except PubctlError as exc:
-        if _debug:
-            traceback.print_exc()
-        message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-        _fail(message, exc.exit_code, url_hint)
-    except psycopg.Error as exc:
-        if _debug:
-            traceback.print_exc()
-        sqlstate = getattr(exc, "sqlstate", None)
-        text = " ".join(str(exc).split())
-        _fail(
-            f"database error{f' [{sqlstate}]' if sqlstate else ''}: {text}", EXIT_FAILURE, url_hint
-        )
-    except Exception as exc:
-        if _debug:
-            traceback.print_exc()
-        text = " ".join(str(exc).split())
-        _fail(
-            f"unexpected error: {type(exc).__name__}: {text} (run with --debug for details)",
-            EXIT_FAILURE,
-            url_hint,
-        )
-
-
-def _url_from_args(args: list[str]) -> str:
-    # Only used to mask a password that appears in an error message.
-    import os
-
-    for i, arg in enumerate(args):
-        if arg == "--database-url" and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--database-url="):
-            return arg.split("=", 1)[1]
-    return os.environ.get("PUBCTL_DATABASE_URL") or os.environ.get("DATABASE_URL") or ""
+    return cli.main(args=argv, prog_name="pubctl")

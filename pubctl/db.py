@@ -59,11 +59,16 @@ def mask(text: str, url: str = "") -> str:
 
 
 def validate_url(url: str) -> str:
-    """Check that ``url`` parses as a libpq conninfo; raise ``BadDatabaseUrl`` if not."""
+    """Check that ``url`` parses as a libpq conninfo, ports included; raise
+    ``BadDatabaseUrl`` if not (a usage error: exit 2)."""
     try:
-        conninfo.conninfo_to_dict(url)
+        params = conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
         raise BadDatabaseUrl(mask(_first_line(exc), url)) from None
+    # libpq parses "port=abc" happily and only refuses it when connecting.
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise BadDatabaseUrl(f"invalid port {port!r}: expected a number from 1 to 65535")
     return url
 
 

@@ -18,6 +18,8 @@ import click
 import psycopg
 from psycopg import conninfo, sql
 
+from pubctl import db
+from pubctl.queries import query
 from pubctl.throwaway import ThrowawayPostgres
 
 BEFORE_INSTALL = """
@@ -208,22 +210,38 @@ class Demo:
             server.wait(15)
 
 
-def _new_database(server_url: str) -> str:
-    name = f"pubctl_demo_{os.getpid()}"
+def _database_name() -> str:
+    return f"pubctl_demo_{os.getpid()}"
+
+
+def _new_database(server_url: str, name: str) -> str:
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL(query("create_demo_database")).format(name=sql.Identifier(name)))
     params = conninfo.conninfo_to_dict(server_url)
     params["dbname"] = name
     return conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
 
 
+def _drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL(query("drop_demo_database")).format(name=sql.Identifier(name)))
+
+
 def main(server_url: str | None, keep: bool) -> bool:
-    """Run the demo on a throwaway server, or in a new database on ``server_url``."""
+    """Run the demo on a throwaway server, or in a new database on ``server_url`` (named
+    by --database-url or PUBCTL_DATABASE_URL), dropped at the end unless ``keep``."""
     if server_url:
-        url = _new_database(server_url)
-        click.echo(f"# using a new database on the given server: {url}")
-        ok = Demo(url).run()
-        click.echo(f"\n# the demo database stays for exploring: {url}")
+        name = _database_name()
+        url = _new_database(server_url, name)
+        click.echo(f"# using a new database on the given server: {db.mask(url)}")
+        try:
+            ok = Demo(url).run()
+        finally:
+            if keep:
+                click.echo(f"\n# the demo database stays for exploring: {db.mask(url)}")
+            else:
+                _drop_database(server_url, name)
+                click.echo(f"\n# the demo database {name} is dropped")
         return ok
     pg = ThrowawayPostgres(keep=keep)
     pg.start()

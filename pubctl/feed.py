@@ -1,19 +1,45 @@
-"""Reading the feed as JSON lines (``pubctl feed``)."""
+"""Reading the feed as JSON lines (``pubctl feed``).
+
+A reader needs nothing but USAGE on schema pub and EXECUTE on ``pub.feed`` and
+``pub.feed_id``: this module calls those two functions and nothing else (no revision
+table, which a reader may not read). ``--follow`` waits for the applier's
+``pubctl_published`` notification (or polls), and survives a database restart the way
+the worker does: it reconnects with backoff and goes on from its cursor, unless the
+published state it was reading was replaced meanwhile (another feed identity).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import psycopg
 
+from pubctl import db
+from pubctl.errors import NotMigratedError, PubctlError
 from pubctl.queries import query
 
+log = logging.getLogger("pubctl.feed")
+
 PAGE_SIZE = 1000
+MAX_BACKOFF_S = 30.0
+WAIT_SLICE_S = 0.25
 FEED_COLUMNS = (
     "rev", "kind", "pub_id", "source_id", "payload", "payload_hash", "schema_version", "deleted",
 )  # fmt: skip
+READER_GRANTS = (
+    "GRANT USAGE ON SCHEMA pub TO <role>; "
+    "GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]), pub.feed_id() TO <role>"
+)
+
+Conn = psycopg.Connection[Any]
+
+
+class FeedReset(PubctlError):
+    """The published state was dropped and created again while following it."""
 
 
 def to_json_line(row: Sequence[object]) -> str:
@@ -26,18 +52,39 @@ def to_json_line(row: Sequence[object]) -> str:
     return f'{before},"payload":{payload_text},"payload_hash"{after}'
 
 
-def read(
-    conn: psycopg.Connection[tuple[object, ...]],
-    after_rev: int = 0,
-    limit: int | None = None,
-    kinds: Sequence[str] | None = None,
-    *,
-    follow: bool = False,
-    poll_interval: float = 1.0,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> Iterator[str]:
-    """Yield JSON lines from ``after_rev`` on; up to ``limit`` rows, or to the end, or
-    (with ``follow``) forever, polling at the end."""
+def feed_id(conn: Conn, where: str) -> str:
+    """The identity of the published state; names what is missing when it cannot."""
+    try:
+        row = conn.execute(query("feed_id")).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        raise PubctlError(
+            f"the role of {where} may not read the feed",
+            hint=f"a feed reader needs: {READER_GRANTS}",
+        ) from None
+    except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
+        raise NotMigratedError(
+            f"{where} has no pubctl feed", hint="run `pubctl migrate` first"
+        ) from None
+    assert row is not None
+    return str(row[0])
+
+
+def check_revision(conn: Conn, where: str) -> None:
+    """The revision check every command makes, where the role may read the revision: a
+    feed reader may not (and needs not: pub.feed keeps its signature), an operator may."""
+    from pubctl import revision
+
+    try:
+        current = revision.current_revision(conn)
+    except psycopg.errors.InsufficientPrivilege:
+        return
+    revision.check(current, where)
+
+
+def pages(
+    conn: Conn, after_rev: int, limit: int | None, kinds: Sequence[str] | None
+) -> Iterator[tuple[int, str]]:
+    """(rev, JSON line) from ``after_rev`` on: up to ``limit`` rows, or to the current end."""
     cursor = after_rev
     remaining = limit
     while remaining is None or remaining > 0:
@@ -47,13 +94,78 @@ def read(
             {"after_rev": cursor, "max_rows": page, "kinds": list(kinds) if kinds else None},
         ).fetchall()
         for row in rows:
-            yield to_json_line(row)
             cursor = int(str(row[0]))
+            yield cursor, to_json_line(row)
         if remaining is not None:
             remaining -= len(rows)
         if len(rows) < page:
-            if not follow or should_stop():
-                return
-            time.sleep(poll_interval)
-            if should_stop():
-                return
+            return
+
+
+def read(
+    conn: Conn,
+    after_rev: int = 0,
+    limit: int | None = None,
+    kinds: Sequence[str] | None = None,
+) -> Iterator[str]:
+    """The feed from ``after_rev`` to its current end (or ``limit`` rows) as JSON lines."""
+    for _rev, line in pages(conn, after_rev, limit, kinds):
+        yield line
+
+
+def follow(
+    url: str,
+    after_rev: int,
+    kinds: Sequence[str] | None,
+    emit: Callable[[str], None],
+    *,
+    poll_interval: float = 5.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Emit every change after ``after_rev``, then each new one as the applier publishes
+    it, until ``should_stop``. Reconnects with backoff when the database goes away."""
+    cursor = after_rev
+    identity: str | None = None
+    backoff = 0.5
+    down_since: float | None = None
+    where = db.describe(url)
+    while not should_stop():
+        try:
+            with db.connect(url, autocommit=True) as conn:
+                current = feed_id(conn, where)
+                if identity is not None and current != identity:
+                    raise FeedReset(
+                        f"the published state of {where} was replaced while following it "
+                        f"(feed_id {identity} is now {current})",
+                        hint="start again from `--after 0`",
+                    )
+                identity = current
+                conn.execute(query("listen_published"))
+                if down_since is not None:
+                    log.warning("reconnected after %.1fs", time.monotonic() - down_since)
+                    down_since = None
+                backoff = 0.5
+                while not should_stop():
+                    for rev, line in pages(conn, cursor, None, kinds):
+                        emit(line)
+                        cursor = rev
+                    _wait(conn, poll_interval, should_stop)
+        except (psycopg.OperationalError, db.ConnectError) as exc:
+            if down_since is None:
+                down_since = time.monotonic()
+                first = next(iter(str(exc).splitlines()), type(exc).__name__)
+                log.warning("lost the database (%s); retrying", db.mask(first, url))
+            deadline = time.monotonic() + backoff
+            while time.monotonic() < deadline and not should_stop():
+                time.sleep(0.05)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _wait(conn: Conn, seconds: float, should_stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not should_stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        for _note in conn.notifies(timeout=min(WAIT_SLICE_S, left), stop_after=1):
+            return

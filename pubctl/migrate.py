@@ -22,8 +22,9 @@ from sqlalchemy.pool import NullPool
 
 from alembic import command
 from pubctl import db
-from pubctl.errors import MissingSourceError, NotMigratedError, PubctlError, SchemaNewerError
+from pubctl.errors import MissingSourceError, PubctlError, SchemaNewerError
 from pubctl.queries import query
+from pubctl.revision import CONTENT_REVISION, current_revision
 from pubctl.source import source_problems
 
 PUB_SCHEMA = "pub"
@@ -50,42 +51,6 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
-    """The revision the database is at, or None when pubctl is not installed."""
-    row = conn.execute(query("has_version_table")).fetchone()
-    if not row or not row[0]:
-        return None
-    version = conn.execute(query("pub_version")).fetchone()
-    return str(version[0]) if version else None
-
-
-def require_current(conn: psycopg.Connection[tuple[object, ...]], url: str) -> str:
-    """Check the database is migrated to exactly this pubctl's head.
-
-    Raises ``NotMigratedError`` (naming ``pubctl migrate``) when it is not installed or
-    behind, and ``SchemaNewerError`` when a newer pubctl migrated it.
-    """
-    current = current_revision(conn)
-    head = head_revision()
-    if current is None:
-        raise NotMigratedError(
-            f"{db.describe(url)} has no pubctl schema",
-            hint="run `pubctl migrate` first",
-        )
-    if current not in revisions():
-        raise SchemaNewerError(
-            f"{db.describe(url)} was migrated by a newer pubctl (revision {current}); "
-            f"this pubctl only knows revisions up to {head}",
-            hint="upgrade pubctl; do not downgrade the database with an older pubctl",
-        )
-    if current != head:
-        raise NotMigratedError(
-            f"{db.describe(url)} is at pubctl revision {current}, this pubctl needs {head}",
-            hint="run `pubctl migrate`",
-        )
-    return current
-
-
 @dataclass
 class MigrationRun:
     """What one ``pubctl migrate`` did."""
@@ -93,6 +58,10 @@ class MigrationRun:
     before: str | None
     after: str | None
     steps: list[str] = field(default_factory=list)
+    # The run created pub.content (a first install, or up again after a downgrade below
+    # it): its feed identity is new, and only a backfill publishes the existing rows.
+    created_published_state: bool = False
+    feed_id: str | None = None
 
 
 def _engine(url: str) -> sqlalchemy.Engine:
@@ -119,6 +88,38 @@ def _direction(before: str | None, target: str) -> str:
     return "downgrade" if known.index(target) < known.index(before) else "upgrade"
 
 
+def _index(revision: str | None) -> int:
+    """Position in the history: -1 for base (nothing installed)."""
+    known = revisions()
+    return known.index(revision) if revision in known else -1
+
+
+def _target(revision: str) -> str | None:
+    if revision == "head":
+        return revisions()[-1]
+    return None if revision == "base" else revision
+
+
+def _refuse_dropping_published_state(url: str, before: str | None, revision: str) -> None:
+    """A downgrade below the revision that created pub.content drops what viewers read:
+    refused unless nothing was ever published."""
+    content = _index(CONTENT_REVISION)
+    if _index(before) < content or _index(_target(revision)) >= content:
+        return
+    with db.connect(url) as conn:
+        row = conn.execute(query("published_state_summary")).fetchone()
+    items, last_rev = (int(str(row[0])), int(str(row[1]))) if row else (0, 0)
+    if items == 0 and last_rev == 0:
+        return  # nothing was ever published: no viewer can hold a cursor into it
+    raise PubctlError(
+        f"going down to {revision} drops the published state of {db.describe(url)} "
+        f"({items} items, last rev {last_rev}): viewers' cursors and pub_ids would refer to "
+        "a state that no longer exists; after the next migrate they find another feed id "
+        "and must start again from rev 0",
+        hint="pass --drop-published-state to go ahead; nothing was changed",
+    )
+
+
 def migrate(
     url: str,
     revision: str = "head",
@@ -127,6 +128,7 @@ def migrate(
     on_step: Callable[[str], None] | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     attempts: int = DEFAULT_LOCK_ATTEMPTS,
+    drop_published_state: bool = True,
 ) -> MigrationRun:
     """Upgrade or downgrade pubctl's schema to ``revision`` ("head", "base" or an id).
 
@@ -138,6 +140,8 @@ def migrate(
     with db.connect(url) as conn:
         before = current_revision(conn)
     direction = _direction(before, revision)
+    if direction == "downgrade" and not drop_published_state:
+        _refuse_dropping_published_state(url, before, revision)
     run = MigrationRun(before=before, after=None)
 
     def step(message: str) -> None:
@@ -169,9 +173,14 @@ def migrate(
             time.sleep(pause)
     with db.connect(url) as conn:
         run.after = current_revision(conn)
-    if not run.steps:
-        # Another run may have done the work while this one waited for the lock.
-        run.before = run.after
+        if not run.steps:
+            # Another run may have done the work while this one waited for the lock.
+            run.before = run.after
+        content = _index(CONTENT_REVISION)
+        run.created_published_state = _index(run.before) < content <= _index(run.after)
+        if run.created_published_state:
+            row = conn.execute(query("feed_identity")).fetchone()
+            run.feed_id = str(row[0]) if row and row[0] is not None else None
     return run
 
 

@@ -4,46 +4,56 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 
-from pubctl import __version__, capture, db, migrate
+from pubctl import __version__, capture, db, revision
 from pubctl.queries import query
 
 
 def collect(url: str) -> dict[str, Any]:
-    """Gather the status report; fails (naming ``pubctl migrate``) when not installed."""
+    """Open the database at ``url`` and gather the report (see :func:`report`)."""
     with db.connect(url) as conn:
-        revision = migrate.require_current(conn, url)
-        settings = conn.execute(query("settings")).fetchone()
-        assert settings is not None
-        publishing, app_schema, changed_at = settings[:3]
-        problems = [p for p in capture.problems(conn) if not p.is_switch]
-        with conn.cursor(row_factory=dict_row) as cur:
-            numbers = cur.execute(query("status_publishing")).fetchone()
-        assert numbers is not None
-    oldest = numbers["oldest_backlog_age_s"]
-    last_apply = numbers["last_apply_age_s"]
-    oldest_writer = numbers["oldest_open_writer_age_s"]
+        return report(conn, db.describe(url))
+
+
+def report(conn: psycopg.Connection[Any], where: str) -> dict[str, Any]:
+    """The status report; fails (naming ``pubctl migrate``) when not installed.
+
+    docs/operations.md ("Monitoring") documents every field, with its unit."""
+    current = revision.require_current(conn, where)
+    settings = conn.execute(query("settings")).fetchone()
+    assert settings is not None
+    publishing, app_schema, changed_at = settings[:3]
+    problems = [p for p in capture.problems(conn) if not p.is_switch]
+    with conn.cursor(row_factory=dict_row) as cur:
+        numbers = cur.execute(query("status_publishing")).fetchone()
+    assert numbers is not None
+
+    def seconds(name: str) -> float | None:
+        value = numbers[name]
+        return round(float(value), 3) if value is not None else None
+
     return {
-        "database": db.describe(url),
+        "database": where,
         "pubctl_version": __version__,
-        "revision": revision,
-        "head_revision": migrate.head_revision(),
+        "revision": current,
+        "head_revision": revision.HEAD,
         "app_schema": app_schema,
+        "feed_id": numbers["feed_id"],
         "publishing_enabled": bool(publishing),
         "publishing_changed_at": changed_at,
         "capture_ok": not problems,
         "capture_problems": [{"subject": p.subject, "problem": p.problem} for p in problems],
         "outbox_backlog": int(numbers["backlog"]),
-        "outbox_oldest_age_s": round(float(oldest), 3) if oldest is not None else None,
+        "outbox_oldest_age_s": seconds("oldest_backlog_age_s"),
         "last_rev": int(numbers["last_rev"]),
-        "last_apply_age_s": round(float(last_apply), 3) if last_apply is not None else None,
+        "last_published_age_s": seconds("last_published_age_s"),
         "items": numbers["items"] or {},
         "open_writers": int(numbers["open_writers"]),
-        "oldest_open_writer_age_s": (
-            round(float(oldest_writer), 3) if oldest_writer is not None else None
-        ),
+        "oldest_open_writer_age_s": seconds("oldest_open_writer_age_s"),
         "workers_running": int(numbers["workers"]),
+        "worker_last_active_s": seconds("worker_last_active_s"),
         "applier_busy": bool(numbers["applying"]),
     }
 
@@ -74,7 +84,7 @@ def render(report: dict[str, Any]) -> str:
         f"outbox backlog:  {report['outbox_backlog']} rows"
         + (f", oldest {oldest:.1f}s old" if oldest is not None else ""),
         f"open writers:    {_open_writers(report)}",
-        f"last rev:        {report['last_rev']}",
+        f"last rev:        {report['last_rev']} (feed id {report['feed_id']})",
         f"items:           {item_text or 'none published yet'}",
         f"workers:         {report['workers_running']} running"
         + (", applying now" if report["applier_busy"] else ""),

@@ -16,8 +16,8 @@ from types import FrameType
 import psycopg
 
 from pubctl import apply, db
-from pubctl.migrate import require_current
 from pubctl.queries import query
+from pubctl.revision import require_current
 
 log = logging.getLogger("pubctl.worker")
 
@@ -103,7 +103,7 @@ def run(
         try:
             with db.connect(url, autocommit=True) as conn:
                 connected_once = True
-                require_current(conn, url)
+                require_current(conn, db.describe(url))
                 conn.execute(query("worker_presence_lock"))
                 conn.execute(query("listen_outbox"))
                 if down_since is not None:

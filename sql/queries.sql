@@ -66,6 +66,32 @@ SELECT subject, problem FROM pub.capture_problems();
 -- name: has_settings_table
 SELECT pg_catalog.to_regclass('pub.settings') IS NOT NULL;
 
+-- name: published_state_summary
+-- What a downgrade below pub.content would drop.
+SELECT (SELECT count(*) FROM pub.content), (SELECT last_rev FROM pub.rev_counter);
+
+-- name: feed_identity
+-- The feed identity right after a migration (NULL at revisions before it existed).
+SELECT pg_catalog.to_jsonb(r) ->> 'feed_id' FROM pub.rev_counter AS r;
+
+-- name: sample_schema_exists
+SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s);
+
+-- name: create_sample_schema
+-- `pubctl init-sample-schema`, only when the schema does not exist yet ({schema} is an
+-- identifier filled in by psycopg.sql).
+CREATE SCHEMA {schema};
+
+-- name: set_sample_search_path
+SET LOCAL search_path TO {schema};
+
+-- name: create_demo_database
+-- `pubctl demo` on a given server ({name} filled in by psycopg.sql).
+CREATE DATABASE {name};
+
+-- name: drop_demo_database
+DROP DATABASE IF EXISTS {name} WITH (FORCE);
+
 -- name: migrate_lock
 -- Serialises `pubctl migrate` runs; the key is "pubctl" in ASCII followed by 0001.
 SELECT pg_catalog.pg_advisory_xact_lock(8103491283817594881);
@@ -88,6 +114,9 @@ FROM pub.apply_batch(%(batch_size)s);
 SELECT rev, kind, pub_id::text, source_id, payload::text, payload_hash, schema_version, deleted
 FROM pub.feed(%(after_rev)s, %(max_rows)s, %(kinds)s);
 
+-- name: feed_id
+SELECT pub.feed_id()::text;
+
 -- name: worker_presence_lock
 -- Held (session level, shared) by every running `pubctl worker`, so that status can
 -- count them. The key is "pubctl" in ASCII followed by 0003.
@@ -103,8 +132,11 @@ SELECT
     (SELECT EXTRACT(EPOCH FROM pg_catalog.now() - min(created_at)) FROM pub.outbox)
         AS oldest_backlog_age_s,
     (SELECT last_rev FROM pub.rev_counter) AS last_rev,
+    (SELECT feed_id::text FROM pub.rev_counter) AS feed_id,
+    -- Since the newest rev was published: grows on an idle system, so it tells nothing
+    -- alone; outbox_oldest_age_s is the one that grows when the applier is stuck.
     (SELECT EXTRACT(EPOCH FROM pg_catalog.now() - max(updated_at)) FROM pub.content)
-        AS last_apply_age_s,
+        AS last_published_age_s,
     (SELECT pg_catalog.jsonb_object_agg(kind, jsonb_build_object('live', live, 'tombstones', tombstones))
      FROM (SELECT kind, count(*) FILTER (WHERE NOT deleted) AS live,
                   count(*) FILTER (WHERE deleted) AS tombstones
@@ -115,6 +147,18 @@ SELECT
        AND classid = (8103491283817594883 >> 32)::oid
        AND objid = (8103491283817594883 & 4294967295)::oid
        AND objsubid = 1 AND granted) AS workers,
+    -- Since a running worker last ran a statement (a batch, or a poll of an empty
+    -- outbox): the worker polls every few seconds, so a large value means it is wedged.
+    -- Visible for the worker's own role, or with pg_read_all_stats.
+    (SELECT EXTRACT(EPOCH FROM pg_catalog.now() - max(CASE WHEN a.state = 'idle'
+                                                        THEN a.state_change
+                                                        ELSE pg_catalog.now() END))
+     FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                                                     WHERE datname = pg_catalog.current_database())
+       AND l.classid = (8103491283817594883 >> 32)::oid
+       AND l.objid = (8103491283817594883 & 4294967295)::oid
+       AND l.objsubid = 1 AND l.granted AND a.state IS NOT NULL) AS worker_last_active_s,
     (SELECT count(*) FROM pg_catalog.pg_locks
      WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_catalog.pg_database
                                                  WHERE datname = pg_catalog.current_database())

@@ -45,10 +45,11 @@ def check_database(url: str) -> str:
     at this pubctl's revision. Returns the head revision."""
     import psycopg
 
-    from pubctl import db, migrate
+    from pubctl import db
     from pubctl.queries import query
+    from pubctl.revision import HEAD as head
+    from pubctl.revision import REVISIONS as known
 
-    head = migrate.head_revision()
     with db.connect(url, autocommit=True) as conn:
         try:
             row = conn.execute(query("serve_health")).fetchone()
@@ -64,7 +65,7 @@ def check_database(url: str) -> str:
             ) from None
     revision = str(row[0]) if row and row[0] is not None else None
     if revision != head:
-        if revision is not None and revision not in migrate.revisions():
+        if revision is not None and revision not in known:
             raise SchemaNewerError(
                 f"{db.describe(url)} was migrated by a newer pubctl (revision {revision}); "
                 f"this pubctl only knows revisions up to {head}",
@@ -204,12 +205,14 @@ def serve_cmd(
     pool_timeout: float,
 ) -> None:
     """Serve the feed to viewers over HTTP (GET /published/feed, /healthz, /metrics)."""
-    from pubctl.cli import Settings
     from pubctl.serve import auth
     from pubctl.serve.app import ServeConfig
+    from pubctl.shell import refuse_app_schema
+    from pubctl.shell import settings as shared_settings
 
-    settings = ctx.find_object(Settings)
-    url = settings.url if settings else ""
+    refuse_app_schema(ctx)
+    settings = shared_settings(ctx)
+    url = settings.url
     try:
         tokens = auth.load_tokens(token_file, os.environ.get("PUBCTL_FEED_TOKENS"))
     except auth.TokenError as exc:
@@ -221,7 +224,7 @@ def serve_cmd(
             param_hint="--host",
         )
     logging.basicConfig(
-        level=logging.DEBUG if settings and settings.debug else logging.INFO,
+        level=logging.DEBUG if settings.debug else logging.INFO,
         format="%(asctime)s pubctl serve: %(message)s",
         stream=sys.stderr,
     )

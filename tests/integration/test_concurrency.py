@@ -70,7 +70,7 @@ def test_worker_survives_a_database_restart(pub_db: Database) -> None:
         time.sleep(1.0)
         pg.restart()
         # Nothing applied since before the outage: status shows how long ago that was.
-        gap = status.collect(pub_db.url)["last_apply_age_s"]
+        gap = status.collect(pub_db.url)["last_published_age_s"]
         assert gap is not None and gap >= 1.0
         with pub_db.connect() as conn:
             conn.execute("UPDATE study_topic SET name = 'after restart'")
