@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.rows import class_row
 
 from pubctl.queries import query
 
@@ -39,17 +40,18 @@ class ApplyTotals:
     def merge(self, other: ApplyTotals) -> None:
         """Add another drain's totals to these."""
         self.batches += other.batches
+        self.add_counts(other)
+
+    def add(self, result: BatchResult) -> None:
+        """Count one batch."""
+        self.batches += 1
+        self.add_counts(result)
+
+    def add_counts(self, other: BatchResult | ApplyTotals) -> None:
         self.consumed += other.consumed
         self.changed += other.changed
         self.unchanged += other.unchanged
         self.dropped += other.dropped
-
-    def add(self, result: BatchResult) -> None:
-        self.batches += 1
-        self.consumed += result.consumed
-        self.changed += result.changed
-        self.unchanged += result.unchanged
-        self.dropped += result.dropped
 
     def summary(self) -> str:
         """One line for humans."""
@@ -62,10 +64,10 @@ class ApplyTotals:
 
 def apply_batch(conn: psycopg.Connection[tuple[object, ...]], batch_size: int) -> BatchResult:
     """Apply one batch in its own transaction (``conn`` must be in autocommit mode)."""
-    row = conn.execute(query("apply_batch"), {"batch_size": batch_size}).fetchone()
-    assert row is not None
-    consumed, changed, unchanged, dropped = (int(str(v)) for v in row)
-    return BatchResult(consumed, changed, unchanged, dropped)
+    with conn.cursor(row_factory=class_row(BatchResult)) as cur:
+        result = cur.execute(query("apply_batch"), {"batch_size": batch_size}).fetchone()
+    assert result is not None
+    return result
 
 
 def drain(

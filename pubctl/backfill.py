@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 
-from pubctl import capture
+from pubctl import capture, sources
 from pubctl.errors import PubctlError
 from pubctl.queries import query
 
-SOURCES = {"topics": "study_topic", "questions": "study_question"}
 # Pages of 5,000 rows measured within a few percent of one INSERT ... SELECT while
 # keeping each page's row locks to a fraction of a second (see BENCHMARKS.md).
 DEFAULT_PAGE_SIZE = 5000
@@ -81,6 +81,27 @@ class SourceResult:
         return line
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A row of ``pub.backfill_runs``: the latest run of one source."""
+
+    after_id: int
+    last_id: int
+    rows_done: int
+    enqueued: int
+    state: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """What one ``pub.backfill_page`` did."""
+
+    rows_read: int
+    last_id: int | None
+    enqueued: int
+    finished: bool
+
+
 @dataclass
 class Progress:
     """Reported after each page."""
@@ -126,14 +147,13 @@ class Backfill:
 
     def run(self, targets: list[str]) -> list[SourceResult]:
         """Backfill each target in turn ("topics", "questions")."""
-        settings = self.conn.execute(query("settings")).fetchone()
-        assert settings is not None
-        if not settings[0] and not self.options.dry_run:
+        recorded = capture.switch(self.conn)
+        if not recorded.publishing_enabled and not self.options.dry_run:
             raise PubctlError(
                 "publishing is off: a backfill now would be stale as soon as the next write",
                 hint="run `pubctl enable` first, then backfill",
             )
-        self._app_schema = str(settings[1])
+        self._app_schema = recorded.app_schema
         # Pages read their rows at READ COMMITTED (pub.backfill_page refuses anything
         # else), whatever the role's or database's default isolation is.
         self.conn.execute(query("read_committed"))
@@ -148,7 +168,7 @@ class Backfill:
             )
         results: list[SourceResult] = []
         for target in targets:
-            results.append(self._one(SOURCES[target]))
+            results.append(self._one(sources.BY_TARGET[target].table))
             if results[-1].state == "interrupted":
                 break
         return results
@@ -173,11 +193,12 @@ class Backfill:
         after_id = opts.after_id
         result = SourceResult(source=source, state="running", started_after_id=after_id)
         if opts.resume:
-            run = self.conn.execute(query("backfill_run"), {"source": source}).fetchone()
-            if run is None or run[4] == "finished":
+            with self.conn.cursor(row_factory=class_row(Checkpoint)) as cur:
+                run = cur.execute(query("backfill_run"), {"source": source}).fetchone()
+            if run is None or run.state == "finished":
                 result.state = "nothing to resume"
                 return result
-            after_id = int(run[1])
+            after_id = run.last_id
             result.started_after_id = after_id
             self.conn.execute(query("backfill_resume"), {"source": source})
         elif not opts.dry_run:
@@ -210,38 +231,38 @@ class Backfill:
             if self.should_stop():
                 return "interrupted"
             result.waited_for_backlog_s += self._wait_for_backlog(source, result, estimate, started)
-            row = self._page(source, result.last_id, page_size)
-            rows_read, last_id, enqueued, finished = int(row[0]), row[1], int(row[2]), row[3]
-            self.budget.spend(rows_read)
-            result.rows += rows_read
-            result.enqueued += enqueued
+            page = self._page(source, result.last_id, page_size)
+            self.budget.spend(page.rows_read)
+            result.rows += page.rows_read
+            result.enqueued += page.enqueued
             result.pages += 1
-            if last_id is not None:
-                result.last_id = int(last_id)
+            if page.last_id is not None:
+                result.last_id = page.last_id
             self.on_progress(
                 Progress(source, result.rows, result.enqueued, result.pages, estimate,
                          time.monotonic() - started)
             )  # fmt: skip
-            if finished:
+            if page.finished:
                 return "finished"
 
-    def _page(self, source: str, after_id: int, page_size: int) -> tuple[Any, ...]:
+    def _page(self, source: str, after_id: int, page_size: int) -> Page:
         """One page; tried again when it had to give way to a writer."""
         opts = self.options
         for attempt in range(1, PAGE_ATTEMPTS + 1):
             try:
-                row = self.conn.execute(
-                    query("backfill_page"),
-                    {
-                        "source": source,
-                        "after_id": after_id,
-                        "page_size": page_size,
-                        "include_deleted": opts.include_deleted,
-                        "dry_run": opts.dry_run,
-                    },
-                ).fetchone()
-                assert row is not None
-                return tuple(row)
+                with self.conn.cursor(row_factory=class_row(Page)) as cur:
+                    page = cur.execute(
+                        query("backfill_page"),
+                        {
+                            "source": source,
+                            "after_id": after_id,
+                            "page_size": page_size,
+                            "include_deleted": opts.include_deleted,
+                            "dry_run": opts.dry_run,
+                        },
+                    ).fetchone()
+                assert page is not None
+                return page
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
                 if attempt == PAGE_ATTEMPTS:
                     raise PubctlError(

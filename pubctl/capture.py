@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -47,6 +48,23 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.subject}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class Switch:
+    """The row of ``pub.settings``: the switch, and where the application's tables are."""
+
+    publishing_enabled: bool
+    app_schema: str
+    changed_at: datetime
+
+
+def switch(conn: Conn) -> Switch:
+    """The publishing switch and the application's schema, as recorded."""
+    with conn.cursor(row_factory=class_row(Switch)) as cur:
+        row = cur.execute(query("settings")).fetchone()
+    assert row is not None, "pub.settings holds one row"
+    return row
 
 
 def problems(conn: Conn) -> list[Problem]:

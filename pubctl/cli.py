@@ -33,9 +33,9 @@ from pubctl.shell import (
     refuse_app_schema,
     settings,
 )
+from pubctl.sources import KINDS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-KINDS = ("topic", "question", "explanation")
 DEFAULT_APP_SCHEMA = "public"
 F = TypeVar("F", bound=Callable[..., Any])
 

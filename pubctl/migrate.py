@@ -18,14 +18,14 @@ import sqlalchemy
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from psycopg.rows import dict_row
 from sqlalchemy.pool import NullPool
 
 from alembic import command
-from pubctl import db
+from pubctl import db, sources
 from pubctl.errors import MissingSourceError, PubctlError, SchemaNewerError
 from pubctl.queries import query
 from pubctl.revision import CONTENT_REVISION, current_revision
-from pubctl.source import source_problems
 
 PUB_SCHEMA = "pub"
 DEFAULT_LOCK_TIMEOUT_S = 2.0
@@ -255,7 +255,12 @@ def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> No
     app_schema = recorded or wanted or DEFAULT_APP_SCHEMA
     attributes["app_schema"] = app_schema
     if attributes["direction"] == "upgrade":
-        problems = source_problems(raw, app_schema)
+        with raw.cursor(row_factory=dict_row) as cur:
+            columns = cur.execute(
+                query("source_columns"),
+                {"schema": app_schema, "tables": [s.table for s in sources.SOURCES]},
+            ).fetchall()
+        problems = sources.problems(columns, app_schema)
         if problems:
             raise MissingSourceError(
                 "the application's tables are not ready for pubctl, nothing was changed: "
@@ -270,8 +275,9 @@ def _recorded_app_schema(conn: psycopg.Connection[tuple[object, ...]]) -> str | 
     row = conn.execute(query("has_settings_table")).fetchone()
     if not row or not row[0]:
         return None
-    settings = conn.execute(query("settings")).fetchone()
-    return str(settings[1]) if settings else None
+    from pubctl.capture import switch
+
+    return switch(conn).app_schema
 
 
 def _driver_connection(connection: sqlalchemy.Connection) -> psycopg.Connection[tuple[object, ...]]:

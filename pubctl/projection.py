@@ -17,7 +17,6 @@ from typing import Any
 import rfc8785
 
 SCHEMA_VERSION = 1
-KINDS = ("topic", "question", "explanation")
 TOMBSTONE: dict[str, Any] = {}
 # RFC 8785 numbers are IEEE doubles: integers beyond this lose precision, so the
 # payload rules refuse them rather than publish a different number.
@@ -138,3 +137,12 @@ def question_items(row: Mapping[str, Any]) -> list[Item]:
         if row["explanation_status"] == "ready":
             explanation = {"question_id": question_id, "explanation": row["explanation"]}
     return [Item("question", question_id, question), Item("explanation", question_id, explanation)]
+
+
+# The reference projection of each source table's rows.
+ITEMS_OF_TABLE = {"study_topic": topic_items, "study_question": question_items}
+
+
+def items_of(table: str, row: Mapping[str, Any]) -> list[Item]:
+    """The items a row of ``table`` publishes."""
+    return ITEMS_OF_TABLE[table](row)

@@ -189,10 +189,9 @@ def connection(
         if check_revision:
             revision.require_current(conn, current.describe())
             if current.app_schema is not None and not current.app_schema_given:
-                from pubctl.queries import query
+                from pubctl.capture import switch
 
-                row = conn.execute(query("settings")).fetchone()
-                refuse_app_schema(ctx, str(row[1]) if row else None)
+                refuse_app_schema(ctx, switch(conn).app_schema)
         yield conn
 
 

@@ -22,9 +22,7 @@ def report(conn: psycopg.Connection[Any], where: str) -> dict[str, Any]:
 
     docs/operations.md ("Monitoring") documents every field, with its unit."""
     current = revision.require_current(conn, where)
-    settings = conn.execute(query("settings")).fetchone()
-    assert settings is not None
-    publishing, app_schema, changed_at = settings[:3]
+    recorded = capture.switch(conn)
     problems = [p for p in capture.problems(conn) if not p.is_switch]
     with conn.cursor(row_factory=dict_row) as cur:
         numbers = cur.execute(query("status_publishing")).fetchone()
@@ -39,10 +37,10 @@ def report(conn: psycopg.Connection[Any], where: str) -> dict[str, Any]:
         "pubctl_version": __version__,
         "revision": current,
         "head_revision": revision.HEAD,
-        "app_schema": app_schema,
+        "app_schema": recorded.app_schema,
         "feed_id": numbers["feed_id"],
-        "publishing_enabled": bool(publishing),
-        "publishing_changed_at": changed_at,
+        "publishing_enabled": recorded.publishing_enabled,
+        "publishing_changed_at": recorded.changed_at,
         "capture_ok": not problems,
         "capture_problems": [{"subject": p.subject, "problem": p.problem} for p in problems],
         "outbox_backlog": int(numbers["backlog"]),

@@ -8,8 +8,8 @@ Three things are compared for every item, page by page so that memory stays flat
 * each published ``payload_hash`` against the SHA-256 of the Python reference's RFC 8785
   bytes (where SQL found the payload equal to the projection) or of the stored payload
   itself (where it did not): hash mismatch.
-Capture itself is checked too: our triggers present and enabled, publishing on, and
-``session_replication_role`` not silencing triggers.
+Capture itself is checked too (``pubctl.capture.problems``, the same check as status).
+What was found is a :class:`pubctl.verify_report.Report`.
 """
 
 from __future__ import annotations
@@ -17,296 +17,257 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 
-from pubctl import capture
-from pubctl.projection import (
-    KINDS,
-    PayloadRuleError,
-    canonical_json,
-    payload_hash,
-    question_items,
-    topic_items,
-)
+from pubctl import capture, sources
+from pubctl.projection import PayloadRuleError, canonical_json, items_of, payload_hash
 from pubctl.queries import query
+from pubctl.verify_report import Finding, Report
 
-Conn = psycopg.Connection[tuple[Any, ...]]
+Conn = psycopg.Connection[Any]
+Item = tuple[str, int]
 
-CATEGORIES = (
-    "missing",
-    "stale",
-    "orphaned",
-    "hash_mismatch",
-    "reference_mismatch",
-    "old_schema",
-    "invalid",
-    "capture_bypassed",
-    "pending",
-)
-NOT_DRIFT = {"pending"}
-SOURCES = ("study_topic", "study_question")
-SOURCE_OF_KIND = {
-    "topic": "study_topic",
-    "question": "study_question",
-    "explanation": "study_question",
-}
 FIRST_ID = -(2**63)
 DEFAULT_PAGE_SIZE = 10_000
 PAYLOAD_RULES = "PB001"
+WHOLE_TABLE = 2**31 - 1
 
 
 @dataclass(frozen=True)
-class Finding:
-    """One reported item (or, for capture, one trigger or setting)."""
+class PageBound:
+    rows_in_page: int
+    last_id: int | None
 
-    category: str
+
+@dataclass(frozen=True)
+class Difference:
+    """A row of ``pub.verify_range``."""
+
     kind: str
-    source_id: int | None
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "category": self.category,
-            "kind": self.kind,
-            "source_id": self.source_id,
-            "detail": self.detail,
-        }
+    source_id: int
+    category: str
+    pending: bool
+    detail: list[str] | None
 
 
-@dataclass
-class Report:
-    """Counts per category and kind, and the first examples of each category."""
+@dataclass(frozen=True)
+class ProjectedRow:
+    """A row of ``pub.source_projection`` (texts, decoded by the caller)."""
 
-    limit: int
-    fail_on_pending: bool = False
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    examples: dict[str, list[Finding]] = field(default_factory=dict)
-    pending_outbox_rows: int = 0
-    checked: dict[str, int] = field(default_factory=dict)
-
-    def add(self, finding: Finding) -> None:
-        per_kind = self.counts.setdefault(finding.category, {})
-        per_kind[finding.kind] = per_kind.get(finding.kind, 0) + 1
-        shown = self.examples.setdefault(finding.category, [])
-        if len(shown) < self.limit:
-            shown.append(finding)
-
-    def total(self, category: str) -> int:
-        return sum(self.counts.get(category, {}).values())
-
-    @property
-    def drift(self) -> int:
-        failing = set(CATEGORIES) - (set() if self.fail_on_pending else NOT_DRIFT)
-        return sum(self.total(c) for c in failing)
-
-    @property
-    def clean(self) -> bool:
-        return self.drift == 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "clean": self.clean,
-            "drift": self.drift,
-            "pending_outbox_rows": self.pending_outbox_rows,
-            "checked": self.checked,
-            "counts": {c: self.counts[c] for c in CATEGORIES if c in self.counts},
-            "examples": [f.as_dict() for c in CATEGORIES for f in self.examples.get(c, [])],
-        }
+    source_id: int
+    row_data: str
+    canonicals: str
+    published_hashes: str | None
 
 
-def _check_capture(conn: Conn, report: Report) -> set[str]:
-    """Report every way capture can miss writes; return the source tables whose columns
-    cannot be projected safely (their comparison is skipped)."""
-    unsafe: set[str] = set()
-    for problem in capture.problems(conn):
-        report.add(Finding("capture_bypassed", "capture", None, str(problem)))
-        if problem.subject in SOURCES and problem.problem.startswith(("column ", "table ")):
-            unsafe.add(problem.subject)
-    return unsafe
+@dataclass(frozen=True)
+class StoredItem:
+    kind: str
+    source_id: int
+    payload: str
+    payload_hash: str
 
 
-def _ranges(conn: Conn, source: str, page_size: int) -> Iterator[tuple[int, int | None]]:
-    """Consecutive id ranges (lo, hi] covering the whole table; the last is open."""
-    lo = FIRST_ID
-    while True:
-        row = conn.execute(
-            query("verify_page_bound"), {"source": source, "after_id": lo, "page_size": page_size}
-        ).fetchone()
-        assert row is not None
-        rows, last_id = int(row[0]), row[1]
-        if rows < page_size:
-            yield lo, None
-            return
-        yield lo, int(last_id)
-        lo = int(last_id)
+class Verification:
+    """One run of every check over one database (``conn`` in autocommit mode)."""
 
+    def __init__(
+        self,
+        conn: Conn,
+        kinds: Iterable[str] | None = None,
+        *,
+        limit_report: int = 20,
+        fail_on_pending: bool = False,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> None:
+        self.conn = conn
+        self.kinds = set(kinds or sources.KINDS)
+        self.page_size = page_size
+        self.report = Report(limit=limit_report, fail_on_pending=fail_on_pending)
 
-def _is_rule_error(exc: psycopg.Error) -> bool:
-    return getattr(exc, "sqlstate", None) == PAYLOAD_RULES
-
-
-def _bad_rows(
-    conn: Conn, source: str, lo: int, hi: int | None, report: Report
-) -> list[tuple[int, int]]:
-    """Split a range that holds rows breaking the payload rules into good sub-ranges,
-    reporting each bad row as ``invalid``. Bisects the id space; only runs when a
-    range failed, so it costs nothing on a healthy table."""
-    if hi is None:
-        row = conn.execute(
-            query("verify_page_bound"), {"source": source, "after_id": lo, "page_size": 2**31 - 1}
-        ).fetchone()
-        hi = int(row[1]) if row and row[1] is not None else lo
-    good: list[tuple[int, int]] = []
-    stack = [(lo, hi)]
-    while stack:
-        a, b = stack.pop()
-        if a >= b:
-            continue
-        try:
-            conn.execute(
-                query("verify_source_projection"), {"source": source, "lo": a, "hi": b}
-            ).fetchall()
-            good.append((a, b))
-        except psycopg.Error as exc:
-            if not _is_rule_error(exc):
-                raise
-            if b - a == 1:
-                kind = "topic" if source == "study_topic" else "question"
-                message = (exc.diag.message_primary or str(exc)).removeprefix("pubctl: ")
-                report.add(Finding("invalid", kind, b, message))
+    def run(self) -> Report:
+        """Every check; the report of what was found."""
+        unsafe = self.check_capture()
+        for source in sources.SOURCES:
+            if source.table in unsafe or not self.kinds & set(source.kinds):
                 continue
-            mid = a + (b - a) // 2
-            stack += [(mid, b), (a, mid)]
-    return sorted(good)
+            for lo, hi in self.ranges(source):
+                self.check_range(source, lo, hi)
+        self.check_tombstone_hash()
+        row = self.conn.execute(query("verify_pending"), {"kinds": sorted(self.kinds)}).fetchone()
+        self.report.pending_outbox_rows = int(row[0]) if row else 0
+        return self.report
 
+    def check_capture(self) -> set[str]:
+        """Report every way capture can miss writes; return the source tables whose
+        columns cannot be projected safely (their comparison is skipped)."""
+        unsafe: set[str] = set()
+        for problem in capture.problems(self.conn):
+            self.report.add(Finding("capture_bypassed", "capture", None, str(problem)))
+            if problem.subject in sources.BY_TABLE and problem.problem.startswith(
+                ("column ", "table ")
+            ):
+                unsafe.add(problem.subject)
+        return unsafe
 
-def _compare_range(
-    conn: Conn, source: str, lo: int, hi: int | None, kinds: set[str], report: Report
-) -> None:
-    suspects: set[tuple[str, int]] = set()
-    for kind, source_id, category, pending, detail in conn.execute(
-        query("verify_range"), {"source": source, "lo": lo, "hi": hi}
-    ):
-        suspects.add((kind, source_id))
-        if kind not in kinds:
-            continue
-        text = ", ".join(detail or [])
-        if pending and category in ("missing", "stale", "orphaned"):
-            report.add(
-                Finding("pending", kind, source_id, f"{category} until the outbox is applied")
-            )
-            continue
-        if category == "stale":
-            text = f"differs in {text or 'payload_hash'}"
-        report.add(Finding(category, kind, source_id, text))
-    rows = conn.execute(query("verify_source_projection"), {"source": source, "lo": lo, "hi": hi})
-    for source_id, row_text, canonicals_text, hashes_text in rows:
-        _check_row(
-            int(source_id),
-            source,
-            json.loads(row_text),
-            json.loads(canonicals_text),
-            json.loads(hashes_text) if hashes_text else {},
-            suspects,
-            kinds,
-            report,
-        )
-        report.checked[source] = report.checked.get(source, 0) + 1
-    _check_suspect_hashes(conn, sorted(s for s in suspects if s[0] in kinds), report)
+    def page_bound(self, source: sources.Source, after_id: int, page_size: int) -> PageBound:
+        with self.conn.cursor(row_factory=class_row(PageBound)) as cur:
+            bound = cur.execute(
+                query("verify_page_bound"),
+                {"source": source.table, "after_id": after_id, "page_size": page_size},
+            ).fetchone()
+        assert bound is not None
+        return bound
 
+    def ranges(self, source: sources.Source) -> Iterator[tuple[int, int | None]]:
+        """Consecutive id ranges (lo, hi] covering the whole table; the last is open."""
+        lo = FIRST_ID
+        while True:
+            bound = self.page_bound(source, lo, self.page_size)
+            if bound.rows_in_page < self.page_size or bound.last_id is None:
+                yield lo, None
+                return
+            yield lo, bound.last_id
+            lo = bound.last_id
 
-def _check_row(
-    source_id: int,
-    source: str,
-    row: dict[str, Any],
-    sql: dict[str, str | None],
-    published_hashes: dict[str, str],
-    suspects: set[tuple[str, int]],
-    kinds: set[str],
-    report: Report,
-) -> None:
-    """Hold one row's SQL projection against the Python reference, and, where SQL found
-    the published item equal to the projection, its stored hash against Python's."""
-    try:
-        items = topic_items(row) if source == "study_topic" else question_items(row)
-    except PayloadRuleError as exc:
-        kind = "topic" if source == "study_topic" else "question"
-        report.add(Finding("reference_mismatch", kind, source_id, f"Python refuses the row: {exc}"))
-        return
-    for item in items:
-        if item.kind not in kinds:
-            continue
-        want = canonical_json(item.published_payload)
-        got = sql.get(item.kind)
-        if item.payload is not None and (got.encode() if got is not None else None) != want:
-            report.add(
-                Finding(
-                    "reference_mismatch",
-                    item.kind,
-                    source_id,
-                    f"SQL {got!r} != Python {want.decode()!r}",
-                )
-            )
-        elif item.payload is None and got is not None:
-            report.add(
-                Finding(
-                    "reference_mismatch", item.kind, source_id, f"SQL {got!r} != Python tombstone"
-                )
-            )
-        stored = published_hashes.get(item.kind)
-        if stored is None or (item.kind, source_id) in suspects:
-            continue  # never published, or checked from its stored payload below
-        computed = hashlib.sha256(want).hexdigest()
-        if stored != computed:
-            report.add(
-                Finding(
-                    "hash_mismatch",
-                    item.kind,
-                    source_id,
-                    f"stored {stored}, payload hashes to {computed}",
-                )
-            )
-
-
-def _check_suspect_hashes(conn: Conn, items: list[tuple[str, int]], report: Report) -> None:
-    """Hash the stored payloads of items SQL already flagged (rare) with rfc8785."""
-    if not items:
-        return
-    rows = conn.execute(
-        query("verify_content_items"),
-        {"kinds": [k for k, _ in items], "source_ids": [s for _, s in items]},
-    )
-    for kind, source_id, payload_text, stored_hash in rows:
+    def check_range(self, source: sources.Source, lo: int, hi: int | None) -> None:
+        """Compare one range; a range holding rows that break the payload rules is split
+        around them (each reported ``invalid``)."""
         try:
-            computed = payload_hash(json.loads(payload_text))
-        except Exception as exc:  # a payload RFC 8785 cannot even express
-            computed = f"(not canonicalisable: {exc})"
-        if computed != stored_hash:
-            report.add(
-                Finding(
-                    "hash_mismatch",
-                    kind,
-                    source_id,
-                    f"stored {stored_hash}, payload hashes to {computed}",
-                )
-            )
+            self.compare_range(source, lo, hi)
+        except psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) != PAYLOAD_RULES:
+                raise
+            for a, b in self.good_ranges(source, lo, hi):
+                self.compare_range(source, a, b)
+            if hi is None:  # what lies after the last row (orphans) is still checked
+                last = self.page_bound(source, lo, WHOLE_TABLE).last_id
+                self.compare_range(source, last if last is not None else lo, None)
 
+    def good_ranges(self, source: sources.Source, lo: int, hi: int | None) -> list[tuple[int, int]]:
+        """The sub-ranges of (lo, hi] free of rows breaking the payload rules, reporting
+        each such row as ``invalid``. Bisects the id space; only runs when a range
+        failed, so it costs nothing on a healthy table."""
+        if hi is None:
+            last = self.page_bound(source, lo, WHOLE_TABLE).last_id
+            hi = last if last is not None else lo
+        good: list[tuple[int, int]] = []
+        stack = [(lo, hi)]
+        while stack:
+            a, b = stack.pop()
+            if a >= b:
+                continue
+            try:
+                self.conn.execute(
+                    query("verify_source_projection"), {"source": source.table, "lo": a, "hi": b}
+                ).fetchall()
+                good.append((a, b))
+            except psycopg.Error as exc:
+                if getattr(exc, "sqlstate", None) != PAYLOAD_RULES:
+                    raise
+                if b - a == 1:
+                    message = (exc.diag.message_primary or str(exc)).removeprefix("pubctl: ")
+                    self.report.add(Finding("invalid", source.main_kind, b, message))
+                    continue
+                mid = a + (b - a) // 2
+                stack += [(mid, b), (a, mid)]
+        return sorted(good)
 
-def _check_tombstone_hash(conn: Conn, report: Report) -> None:
-    row = conn.execute(query("tombstone_hash")).fetchone()
-    expected = payload_hash({})
-    if not row or row[0] != expected:
-        report.add(
-            Finding(
-                "reference_mismatch",
-                "capture",
-                None,
-                f"SQL hashes {{}} to {row and row[0]}, Python to {expected}",
+    def compare_range(self, source: sources.Source, lo: int, hi: int | None) -> None:
+        """The SQL comparison of one range, then the Python reference over its rows."""
+        suspects = self.compare_in_sql(source, lo, hi)
+        with self.conn.cursor(row_factory=class_row(ProjectedRow)) as cur:
+            rows = cur.execute(
+                query("verify_source_projection"), {"source": source.table, "lo": lo, "hi": hi}
             )
+            for row in rows:
+                self.check_row(source, row, suspects)
+                self.report.checked[source.table] = self.report.checked.get(source.table, 0) + 1
+        self.check_stored_hashes(sorted(s for s in suspects if s[0] in self.kinds))
+
+    def compare_in_sql(self, source: sources.Source, lo: int, hi: int | None) -> set[Item]:
+        """Report what ``pub.verify_range`` finds; return the items it named."""
+        suspects: set[Item] = set()
+        with self.conn.cursor(row_factory=class_row(Difference)) as cur:
+            found = cur.execute(query("verify_range"), {"source": source.table, "lo": lo, "hi": hi})
+            for d in found:
+                suspects.add((d.kind, d.source_id))
+                if d.kind not in self.kinds:
+                    continue
+                text = ", ".join(d.detail or [])
+                if d.pending and d.category in ("missing", "stale", "orphaned"):
+                    detail = f"{d.category} until the outbox is applied"
+                    self.report.add(Finding("pending", d.kind, d.source_id, detail))
+                    continue
+                if d.category == "stale":
+                    text = f"differs in {text or 'payload_hash'}"
+                self.report.add(Finding(d.category, d.kind, d.source_id, text))
+        return suspects
+
+    def check_row(
+        self, source: sources.Source, projected: ProjectedRow, suspects: set[Item]
+    ) -> None:
+        """Hold one row's SQL projection against the Python reference, and, where SQL
+        found the published item equal to the projection, its stored hash against
+        Python's."""
+        source_id = projected.source_id
+        sql: dict[str, str | None] = json.loads(projected.canonicals)
+        hashes: dict[str, str] = (
+            json.loads(projected.published_hashes) if projected.published_hashes else {}
         )
+        try:
+            items = items_of(source.table, json.loads(projected.row_data))
+        except PayloadRuleError as exc:
+            detail = f"Python refuses the row: {exc}"
+            self.report.add(Finding("reference_mismatch", source.main_kind, source_id, detail))
+            return
+        for item in items:
+            if item.kind not in self.kinds:
+                continue
+            want = canonical_json(item.published_payload)
+            got = sql.get(item.kind)
+            if item.payload is not None and (got.encode() if got is not None else None) != want:
+                detail = f"SQL {got!r} != Python {want.decode()!r}"
+                self.report.add(Finding("reference_mismatch", item.kind, source_id, detail))
+            elif item.payload is None and got is not None:
+                detail = f"SQL {got!r} != Python tombstone"
+                self.report.add(Finding("reference_mismatch", item.kind, source_id, detail))
+            stored = hashes.get(item.kind)
+            if stored is None or (item.kind, source_id) in suspects:
+                continue  # never published, or checked from its stored payload below
+            computed = hashlib.sha256(want).hexdigest()
+            if stored != computed:
+                detail = f"stored {stored}, payload hashes to {computed}"
+                self.report.add(Finding("hash_mismatch", item.kind, source_id, detail))
+
+    def check_stored_hashes(self, items: list[Item]) -> None:
+        """Hash the stored payloads of items SQL already flagged (rare) with rfc8785."""
+        if not items:
+            return
+        with self.conn.cursor(row_factory=class_row(StoredItem)) as cur:
+            stored = cur.execute(
+                query("verify_content_items"),
+                {"kinds": [k for k, _ in items], "source_ids": [s for _, s in items]},
+            )
+            for item in stored:
+                try:
+                    computed = payload_hash(json.loads(item.payload))
+                except Exception as exc:  # a payload RFC 8785 cannot even express
+                    computed = f"(not canonicalisable: {exc})"
+                if computed != item.payload_hash:
+                    detail = f"stored {item.payload_hash}, payload hashes to {computed}"
+                    self.report.add(Finding("hash_mismatch", item.kind, item.source_id, detail))
+
+    def check_tombstone_hash(self) -> None:
+        row = self.conn.execute(query("tombstone_hash")).fetchone()
+        expected = payload_hash({})
+        if not row or row[0] != expected:
+            detail = f"SQL hashes {{}} to {row and row[0]}, Python to {expected}"
+            self.report.add(Finding("reference_mismatch", "capture", None, detail))
 
 
 def verify(
@@ -318,56 +279,11 @@ def verify(
     page_size: int = DEFAULT_PAGE_SIZE,
 ) -> Report:
     """Run every check; ``conn`` must be in autocommit mode."""
-    wanted = set(kinds or KINDS)
-    report = Report(limit=limit_report, fail_on_pending=fail_on_pending)
-    unsafe = _check_capture(conn, report)
-    for source in SOURCES:
-        if source in unsafe or not any(SOURCE_OF_KIND[k] == source for k in wanted):
-            continue
-        for lo, hi in _ranges(conn, source, page_size):
-            try:
-                _compare_range(conn, source, lo, hi, wanted, report)
-            except psycopg.Error as exc:
-                if not _is_rule_error(exc):
-                    raise
-                for a, b in _bad_rows(conn, source, lo, hi, report):
-                    _compare_range(conn, source, a, b, wanted, report)
-                if hi is None:  # what lies after the last row (orphans) is still checked
-                    row = conn.execute(
-                        query("verify_page_bound"),
-                        {"source": source, "after_id": lo, "page_size": 2**31 - 1},
-                    ).fetchone()
-                    last = int(row[1]) if row and row[1] is not None else lo
-                    _compare_range(conn, source, last, None, wanted, report)
-    _check_tombstone_hash(conn, report)
-    row = conn.execute(query("verify_pending"), {"kinds": sorted(wanted)}).fetchone()
-    report.pending_outbox_rows = int(row[0]) if row else 0
-    return report
+    return Verification(
+        conn, kinds, limit_report=limit_report, fail_on_pending=fail_on_pending, page_size=page_size
+    ).run()
 
 
 def render(report: Report) -> str:
-    """The human form: a table of counts, then the examples, then the verdict."""
-    lines = []
-    kinds = [*KINDS, "capture"]
-    header = f"{'category':<20}" + "".join(f"{k:>13}" for k in kinds)
-    lines.append(header)
-    for category in CATEGORIES:
-        per_kind = report.counts.get(category, {})
-        lines.append(f"{category:<20}" + "".join(f"{per_kind.get(k, 0):>13}" for k in kinds))
-    shown = [f for c in CATEGORIES for f in report.examples.get(c, [])]
-    if shown:
-        lines.append("")
-        for f in shown:
-            where = f"{f.kind} {f.source_id}" if f.source_id is not None else f.kind
-            lines.append(f"{f.category}: {where}" + (f": {f.detail}" if f.detail else ""))
-    lines.append("")
-    checked = ", ".join(f"{n} {s} rows" for s, n in report.checked.items())
-    if report.clean:
-        pending = report.total("pending")
-        lines.append(
-            f"clean: published state equals the source ({checked})"
-            + (f"; {pending} items pending in the outbox" if pending else "")
-        )
-    else:
-        lines.append(f"DRIFT: {report.drift} findings ({checked})")
-    return "\n".join(lines)
+    """The human form of a report."""
+    return report.render()

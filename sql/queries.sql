@@ -29,7 +29,7 @@ FROM pub.alembic_version;
 SELECT pg_catalog.to_regclass('pub.alembic_version') IS NOT NULL;
 
 -- name: settings
-SELECT publishing_enabled, app_schema::text, changed_at
+SELECT publishing_enabled, app_schema::text AS app_schema, changed_at
 FROM pub.settings;
 
 -- name: set_publishing

@@ -12,7 +12,8 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-KINDS = ("topic", "question", "explanation")
+from pubctl.sources import KINDS
+
 MAX_AFTER = 2**63 - 1
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
