@@ -25,7 +25,12 @@ from alembic import command
 from pubctl import db, sources
 from pubctl.errors import MissingSourceError, PubctlError, SchemaNewerError
 from pubctl.queries import query
-from pubctl.revision import CONTENT_REVISION, current_revision
+from pubctl.revision import (
+    CONTENT_REVISION,
+    PRE_RELEASE,
+    PRE_RELEASE_HINT,
+    current_revision,
+)
 
 PUB_SCHEMA = "pub"
 DEFAULT_LOCK_TIMEOUT_S = 2.0
@@ -239,6 +244,12 @@ def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> No
     # for as long as this one runs, but locks on the application's tables are bounded.
     raw.execute(query("set_lock_timeout"), {"ms": f"{attributes['lock_timeout_ms']}ms"})
     before = current_revision(raw)
+    if before in PRE_RELEASE:
+        raise PubctlError(
+            f"the database is at pubctl revision {before}, from the unreleased history "
+            "before 0.1.0, which has no upgrade path; nothing was changed",
+            hint=PRE_RELEASE_HINT,
+        )
     if before is not None and before not in revisions():
         raise SchemaNewerError(
             f"the database was migrated by a newer pubctl (revision {before}); "

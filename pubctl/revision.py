@@ -14,11 +14,19 @@ import psycopg
 from pubctl.errors import NotMigratedError, SchemaNewerError
 from pubctl.queries import query
 
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
+REVISIONS = ("0100",)
 HEAD = REVISIONS[-1]
 # The revision that creates the published state (pub.content): going below it drops
 # what viewers read, coming back creates it anew under another feed identity.
-CONTENT_REVISION = "0004"
+CONTENT_REVISION = "0100"
+# Revision ids of the development history before 0.1.0, which the baseline (0100)
+# replaced. That history was never released, so there is no upgrade path from it: a
+# database at one of these is named as such, rather than as one from a newer pubctl.
+PRE_RELEASE = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
+PRE_RELEASE_HINT = (
+    "remove it with the pubctl that installed it (`pubctl migrate --revision base "
+    "--drop-published-state`), then run `pubctl migrate` and `pubctl backfill all`"
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -36,6 +44,12 @@ def check(revision: str | None, where: str) -> str:
     """Raise unless ``revision`` is this pubctl's head; ``where`` names the database."""
     if revision is None:
         raise NotMigratedError(f"{where} has no pubctl schema", hint="run `pubctl migrate` first")
+    if revision in PRE_RELEASE:
+        raise NotMigratedError(
+            f"{where} is at pubctl revision {revision}, from the unreleased history before "
+            f"0.1.0; this pubctl needs {HEAD}",
+            hint=PRE_RELEASE_HINT,
+        )
     if revision not in REVISIONS:
         raise SchemaNewerError(
             f"{where} was migrated by a newer pubctl (revision {revision}); "

@@ -37,9 +37,9 @@ SELECT pub.set_publishing(%(enabled)s) AS epoch;
 
 -- name: unpublished_writers_lock
 -- Waits until no transaction that wrote while publishing was off is still open: each
--- holds this key shared until it ends (pub.unpublished_write_allowed). The key is
--- "pubctl" in ASCII followed by 0006. Run with a lock_timeout; released at once.
-SELECT pg_catalog.pg_advisory_xact_lock(8103491283817594886);
+-- holds this key shared until it ends (pub.unpublished_write_allowed). Run with a
+-- lock_timeout; released at once.
+SELECT pg_catalog.pg_advisory_xact_lock(pub.lock_key('unpublished_writers'));
 
 -- name: unpublished_writers
 -- The sessions still holding that key: open transactions that wrote while publishing
@@ -47,14 +47,9 @@ SELECT pg_catalog.pg_advisory_xact_lock(8103491283817594886);
 -- their own role.
 SELECT l.pid, a.usename::text AS usename, a.application_name, a.state,
        EXTRACT(EPOCH FROM pg_catalog.now() - a.xact_start) AS open_for_s
-FROM pg_catalog.pg_locks AS l
+FROM pub.lock_holders('unpublished_writers') AS l
 LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock'
-  AND l.database = (SELECT oid FROM pg_catalog.pg_database
-                    WHERE datname = pg_catalog.current_database())
-  AND l.classid = (8103491283817594886 >> 32)::oid
-  AND l.objid = (8103491283817594886 & 4294967295)::oid
-  AND l.objsubid = 1
+WHERE l.granted AND l.mode = 'ShareLock'
 ORDER BY l.pid;
 
 -- name: read_committed
@@ -93,7 +88,8 @@ CREATE DATABASE {name};
 DROP DATABASE IF EXISTS {name} WITH (FORCE);
 
 -- name: migrate_lock
--- Serialises `pubctl migrate` runs; the key is "pubctl" in ASCII followed by 0001.
+-- Serialises `pubctl migrate` runs. Taken before schema pub exists, so its key is
+-- written here rather than in pub.lock_key: "pubctl" in ASCII followed by 0001.
 SELECT pg_catalog.pg_advisory_xact_lock(8103491283817594881);
 
 -- name: create_pub_schema
@@ -119,8 +115,8 @@ SELECT pub.feed_id()::text;
 
 -- name: worker_presence_lock
 -- Held (session level, shared) by every running `pubctl worker`, so that status can
--- count them. The key is "pubctl" in ASCII followed by 0003.
-SELECT pg_catalog.pg_advisory_lock_shared(8103491283817594883);
+-- count them.
+SELECT pg_catalog.pg_advisory_lock_shared(pub.lock_key('worker'));
 
 -- name: listen_outbox
 LISTEN pubctl_outbox;
@@ -141,30 +137,16 @@ SELECT
      FROM (SELECT kind, count(*) FILTER (WHERE NOT deleted) AS live,
                   count(*) FILTER (WHERE deleted) AS tombstones
            FROM pub.content GROUP BY kind) k) AS items,
-    (SELECT count(*) FROM pg_catalog.pg_locks
-     WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_catalog.pg_database
-                                                 WHERE datname = pg_catalog.current_database())
-       AND classid = (8103491283817594883 >> 32)::oid
-       AND objid = (8103491283817594883 & 4294967295)::oid
-       AND objsubid = 1 AND granted) AS workers,
+    (SELECT count(*) FROM pub.lock_holders('worker') AS l WHERE l.granted) AS workers,
     -- Since a running worker last ran a statement (a batch, or a poll of an empty
     -- outbox): the worker polls every few seconds, so a large value means it is wedged.
     -- Visible for the worker's own role, or with pg_read_all_stats.
     (SELECT EXTRACT(EPOCH FROM pg_catalog.now() - max(CASE WHEN a.state = 'idle'
                                                         THEN a.state_change
                                                         ELSE pg_catalog.now() END))
-     FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-     WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database
-                                                     WHERE datname = pg_catalog.current_database())
-       AND l.classid = (8103491283817594883 >> 32)::oid
-       AND l.objid = (8103491283817594883 & 4294967295)::oid
-       AND l.objsubid = 1 AND l.granted AND a.state IS NOT NULL) AS worker_last_active_s,
-    (SELECT count(*) FROM pg_catalog.pg_locks
-     WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_catalog.pg_database
-                                                 WHERE datname = pg_catalog.current_database())
-       AND classid = (8103491283817594882 >> 32)::oid
-       AND objid = (8103491283817594882 & 4294967295)::oid
-       AND objsubid = 1 AND granted) AS applying,
+     FROM pub.lock_holders('worker') AS l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+     WHERE l.granted AND a.state IS NOT NULL) AS worker_last_active_s,
+    (SELECT count(*) FROM pub.lock_holders('applier') AS l WHERE l.granted) AS applying,
     -- Open transactions that have written to the outbox (or run a statement whose
     -- capture trigger could): their rows are invisible to the applier until they
     -- commit, so a session left idle in transaction is publishing lag that no backlog
@@ -187,9 +169,7 @@ SELECT
 
 -- name: backfill_lock
 -- One backfill per source table at a time (session level, released on disconnect).
--- Keys: "pubctl" in ASCII followed by 0004 (topics) or 0005 (questions).
-SELECT pg_catalog.pg_try_advisory_lock(
-    CASE %(source)s WHEN 'study_topic' THEN 8103491283817594884 ELSE 8103491283817594885 END);
+SELECT pg_catalog.pg_try_advisory_lock(pub.lock_key('backfill:' || %(source)s));
 
 -- name: backfill_run
 SELECT after_id, last_id, rows_done, enqueued, state

@@ -10,6 +10,36 @@ REVOKE ALL ON SCHEMA pub FROM PUBLIC;
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
+-- The advisory locks pubctl takes, by name. The keys are "pubctl" in ASCII followed by
+-- a number, unlikely to collide with an application's own. (The migration lock, taken
+-- before schema pub exists, is the one key defined elsewhere: sql/queries.sql.)
+CREATE FUNCTION pub.lock_key(name text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE name
+        WHEN 'applier' THEN 8103491283817594882                 -- one apply batch at a time
+        WHEN 'worker' THEN 8103491283817594883                  -- held shared by every worker
+        WHEN 'backfill:study_topic' THEN 8103491283817594884    -- one backfill per table
+        WHEN 'backfill:study_question' THEN 8103491283817594885
+        WHEN 'unpublished_writers' THEN 8103491283817594886     -- wrote while publishing was off
+    END;
+END;
+
+-- The sessions holding (or waiting for) one of those locks in this database.
+CREATE FUNCTION pub.lock_holders(name text)
+    RETURNS TABLE (pid integer, mode text, granted boolean)
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.pid, l.mode, l.granted
+    FROM pg_catalog.pg_locks AS l
+    WHERE l.locktype = 'advisory'
+      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                        WHERE d.datname = pg_catalog.current_database())
+      AND l.classid = (pub.lock_key(lock_holders.name) >> 32)::oid
+      AND l.objid = (pub.lock_key(lock_holders.name) & 4294967295)::oid
+      AND l.objsubid = 1;
+END;
+
 -- Every change of the publishing switch takes the next value: a transaction can tell
 -- whether the switch moved since its snapshot, since a sequence is not versioned.
 CREATE SEQUENCE pub.publishing_epoch AS bigint;
@@ -28,7 +58,9 @@ CREATE TABLE pub.settings (
 COMMENT ON TABLE pub.settings IS
     'pubctl settings (one row): whether writes to the application tables are published, and the schema holding those tables.';
 
-INSERT INTO pub.settings DEFAULT VALUES;
+-- The application's schema is chosen once, at install (`pubctl migrate --app-schema`).
+INSERT INTO pub.settings (app_schema)
+VALUES (COALESCE(NULLIF(pg_catalog.current_setting('pubctl.app_schema', true), ''), 'public'));
 
 -- Whether writes are published, as this statement's snapshot sees it.
 CREATE FUNCTION pub.publishing_enabled() RETURNS boolean
@@ -67,8 +99,7 @@ DECLARE
     seen bigint;
     latest bigint;
 BEGIN
-    -- "pubctl" in ASCII, then 0006: writes made while publishing was off.
-    PERFORM pg_advisory_xact_lock_shared(8103491283817594886);
+    PERFORM pg_advisory_xact_lock_shared(pub.lock_key('unpublished_writers'));
     SELECT s.publishing_epoch INTO seen FROM pub.settings AS s;
     SELECT e.last_value INTO latest FROM pub.publishing_epoch AS e;
     RETURN seen IS NOT DISTINCT FROM latest;

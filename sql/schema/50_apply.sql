@@ -70,8 +70,8 @@ BEGIN
                   DETAIL = 'apply_batch consumes at most max_rows outbox rows per call.',
                   HINT = 'Pass a batch size of 1 or more.';
     END IF;
-    -- "pubctl" in ASCII, then 0002: one applier at a time.
-    PERFORM pg_advisory_xact_lock(8103491283817594882);
+    -- One applier at a time.
+    PERFORM pg_advisory_xact_lock(pub.lock_key('applier'));
 
     WITH consumed_rows AS (
         DELETE FROM pub.outbox AS o

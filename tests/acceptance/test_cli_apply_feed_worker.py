@@ -195,7 +195,7 @@ def test_status_counts_every_running_worker(
 def _workers(db: Database) -> int:
     with db.connect() as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = (8103491283817594883 & 4294967295)::oid AND granted"
+            "SELECT count(*) FROM pub.lock_holders('worker') WHERE granted"
         ).fetchone()
         return int(row[0]) if row else 0
 

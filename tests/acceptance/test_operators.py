@@ -248,12 +248,9 @@ def test_rollback_is_refused_unless_asked_and_viewers_notice_the_reset(
     with pub_db.connect() as conn:
         (old_id,) = conn.execute("SELECT pub.feed_id()::text").fetchone()
         (cursor,) = conn.execute("SELECT last_rev FROM pub.rev_counter").fetchone()
-    for target in ("base", "0002"):
-        refused = pubctl(pub_db, "migrate", "--revision", target)
-        assert refused.code == 3
-        assert (
-            "drops the published state" in refused.err and "--drop-published-state" in refused.err
-        )
+    refused = pubctl(pub_db, "migrate", "--revision", "base")
+    assert refused.code == 3
+    assert "drops the published state" in refused.err and "--drop-published-state" in refused.err
     with pub_db.connect() as conn:
         assert conn.execute("SELECT count(*) FROM pub.content").fetchone()[0] > 0
     down = pubctl(pub_db, "migrate", "--revision", "base", "--drop-published-state")
@@ -281,7 +278,6 @@ def test_reader_grants_survive_a_migrate_that_keeps_the_state(pub_db: Database) 
         made.admin.execute(
             f"GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]), pub.feed_id() TO {reader}"
         )
-        assert pubctl(pub_db, "migrate", "--revision", "0007").code == 0
         assert pubctl(pub_db, "migrate").code == 0
         with psycopg.connect(role_url(pub_db, reader), autocommit=True) as conn:
             conn.execute("SELECT * FROM pub.feed(0)").fetchall()

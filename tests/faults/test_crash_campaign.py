@@ -121,10 +121,7 @@ def _worker_joined(db: Database) -> bool:
     """Whether a worker holds its presence lock (it has connected and will apply)."""
     with db.connect() as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " AND classid = (8103491283817594883 >> 32)::oid"
-            " AND objid = (8103491283817594883 & 4294967295)::oid"
+            "SELECT count(*) FROM pub.lock_holders('worker') WHERE granted"
         ).fetchone()
     return bool(row and row[0])
 

@@ -202,7 +202,7 @@ def test_without_one_applier_at_a_time_a_reader_would_skip_revs(
     ).fetchone()
     unsafe = (
         definition.replace("pub.apply_batch(", "pub.apply_batch_unsafe(")
-        .replace("PERFORM pg_advisory_xact_lock(8103491283817594882);", "")
+        .replace("PERFORM pg_advisory_xact_lock(pub.lock_key('applier'));", "")
         .replace(
             "ORDER BY b.id LIMIT max_rows)", "ORDER BY b.id LIMIT max_rows FOR UPDATE SKIP LOCKED)"
         )

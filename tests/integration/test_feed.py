@@ -158,25 +158,6 @@ def test_health_and_feed_id_for_a_reader_only(pub_db: Database) -> None:
         conn.execute("DROP ROLE feed_health_reader")
 
 
-def test_upgrade_gives_existing_feed_readers_the_new_functions(app_db: Database) -> None:
-    migrate.migrate(app_db.url, "0007")
-    with app_db.connect() as conn:
-        conn.execute("CREATE ROLE old_reader LOGIN")
-        conn.execute("GRANT USAGE ON SCHEMA pub TO old_reader")
-        conn.execute("GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]) TO old_reader")
-        conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'a')")
-        conn.execute("SELECT pub.apply_batch(10)")
-    migrate.migrate(app_db.url, "0008")
-    url = app_db.url.replace(f"user={app_db.server.user}", "user=old_reader")
-    with psycopg.connect(url, autocommit=True) as reader:
-        assert reader.execute("SELECT count(*) FROM pub.feed(0)").fetchone() == (1,)
-        assert reader.execute("SELECT pub.feed_id()").fetchone()[0] is not None
-        assert reader.execute("SELECT last_rev FROM pub.health()").fetchone() == (1,)
-    migrate.migrate(app_db.url, "base")
-    with app_db.connect() as conn:
-        conn.execute("DROP ROLE old_reader")
-
-
 def test_each_batch_that_publishes_notifies_its_last_rev(pub_db: Database) -> None:
     with pub_db.connect() as listener, pub_db.connect() as conn:
         listener.execute("LISTEN pubctl_published")

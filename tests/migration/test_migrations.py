@@ -230,7 +230,8 @@ def test_migrate_never_queues_behind_a_long_transaction(app_db: Database) -> Non
         assert migrate.current_revision(conn) == migrate.head_revision()
 
 
-@pytest.mark.parametrize("start", migrate.revisions()[:-1])
+# Every revision from the baseline on, the head included (where the upgrade is a no-op).
+@pytest.mark.parametrize("start", migrate.revisions())
 def test_upgrade_from_every_revision_with_data_then_down(app_db: Database, start: str) -> None:
     with app_db.connect() as conn:
         _seed_app_rows(conn)
@@ -259,28 +260,21 @@ def test_upgrade_from_every_revision_with_data_then_down(app_db: Database, start
         )
 
 
-def test_upgrade_from_0007_with_pending_outbox_rows(app_db: Database) -> None:
-    """Rows written at 0007 and not yet applied when the upgrade runs are applied by the
-    new applier, and capture, backfill and verify work on the result."""
-    migrate.migrate(app_db.url, "0007")
-    with app_db.connect() as conn:
-        conn.execute(
-            "INSERT INTO study_topic (id, name) SELECT g, 't' || g FROM generate_series(1, 5) g"
-        )
-        conn.execute(
-            "INSERT INTO study_question (id, topic_id, body, choices, explanation, explanation_status)"
-            " SELECT g, 1, 'q' || g, '[\"a\"]', 'e', 'ready' FROM generate_series(1, 200) g"
-        )
-        conn.execute("SELECT pub.apply_batch(150)")  # some applied, the rest pending
-        conn.execute("UPDATE study_question SET body = body || '!' WHERE id <= 50")
-        conn.execute("DELETE FROM study_question WHERE id > 190")
-        pending = conn.execute("SELECT count(*) FROM pub.outbox").fetchone()[0]
-        assert pending > 100
-    migrate.migrate(app_db.url)
-    with app_db.connect() as conn:
-        assert conn.execute("SELECT count(*) FROM pub.outbox").fetchone() == (pending,)
-        conn.execute("UPDATE study_topic SET name = 'after upgrade' WHERE id = 1")
-        assert conn.execute("SELECT * FROM pub.capture_problems()").fetchall() == []
-    for args in (("apply",), ("backfill", "all"), ("apply",), ("verify", "--fail-on", "pending")):
-        result = run_subprocess("--database-url", app_db.url, *args)
-        assert result.code == 0, (args, result)
+@pytest.mark.parametrize("pre_release", ["0007", "0009"])
+def test_database_from_the_unreleased_history_is_refused_by_name(
+    pub_db: Database, pre_release: str
+) -> None:
+    """Revision ids the baseline replaced are named as such, not as a newer pubctl's,
+    and every command (migrate included) refuses them with nothing changed."""
+    with pub_db.connect() as conn:
+        conn.execute("UPDATE pub.alembic_version SET version_num = %s", (pre_release,))
+        before = snapshot(conn)
+    for target in ("head", "base"):
+        with pytest.raises(PubctlError, match=r"unreleased history before 0\.1\.0") as refused:
+            migrate.migrate(pub_db.url, target)
+        assert not isinstance(refused.value, SchemaNewerError)
+        assert "--revision base" in (refused.value.hint or "")
+    status = run_subprocess("--database-url", pub_db.url, "status")
+    assert status.code != 0 and "unreleased history before 0.1.0" in status.err, status
+    with pub_db.connect() as conn:
+        assert snapshot(conn) == before

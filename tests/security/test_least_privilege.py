@@ -52,8 +52,6 @@ def test_whole_flow_as_the_application_owner_without_superuser(app_db: Database)
         pubctl("apply")
         pubctl("verify", "--fail-on", "pending")
         assert len(pubctl("feed").out.splitlines()) == 5 + 300 + 300
-        pubctl("migrate", "--revision", "0007")
-        pubctl("migrate")
         pubctl("migrate", "--revision", "base", "--drop-published-state")
         pubctl("migrate")
         pubctl("backfill", "all")

@@ -1,16 +1,74 @@
--- Revision 0009 (frozen): capture that runs no code of the table owner's making and
--- cannot be bypassed unnoticed, a publishing switch that transactions in flight cannot
--- outrun, backfill pages bounded before they lock, and verify and backfill that read
--- only the projected columns.
+-- Revision 0100 (frozen): the baseline of pubctl 0.1.0, the whole schema in one step.
+-- A copy of sql/schema/*.sql as it was at the release, in that order. Schema pub itself
+-- is created before the first revision runs, because Alembic's version table lives in
+-- it; the application's schema comes from the setting pubctl.app_schema, which the
+-- revision sets from `pubctl migrate --app-schema`.
+
+-- ===== 10_settings.sql =====
+
+REVOKE ALL ON SCHEMA pub FROM PUBLIC;
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
--- The publishing switch: an epoch per change, and the check capture makes before it
--- skips a write.
+-- The advisory locks pubctl takes, by name. The keys are "pubctl" in ASCII followed by
+-- a number, unlikely to collide with an application's own. (The migration lock, taken
+-- before schema pub exists, is the one key defined elsewhere: sql/queries.sql.)
+CREATE FUNCTION pub.lock_key(name text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE name
+        WHEN 'applier' THEN 8103491283817594882                 -- one apply batch at a time
+        WHEN 'worker' THEN 8103491283817594883                  -- held shared by every worker
+        WHEN 'backfill:study_topic' THEN 8103491283817594884    -- one backfill per table
+        WHEN 'backfill:study_question' THEN 8103491283817594885
+        WHEN 'unpublished_writers' THEN 8103491283817594886     -- wrote while publishing was off
+    END;
+END;
+
+-- The sessions holding (or waiting for) one of those locks in this database.
+CREATE FUNCTION pub.lock_holders(name text)
+    RETURNS TABLE (pid integer, mode text, granted boolean)
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.pid, l.mode, l.granted
+    FROM pg_catalog.pg_locks AS l
+    WHERE l.locktype = 'advisory'
+      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                        WHERE d.datname = pg_catalog.current_database())
+      AND l.classid = (pub.lock_key(lock_holders.name) >> 32)::oid
+      AND l.objid = (pub.lock_key(lock_holders.name) & 4294967295)::oid
+      AND l.objsubid = 1;
+END;
+
+-- Every change of the publishing switch takes the next value: a transaction can tell
+-- whether the switch moved since its snapshot, since a sequence is not versioned.
 CREATE SEQUENCE pub.publishing_epoch AS bigint;
 
-ALTER TABLE pub.settings
-    ADD COLUMN publishing_epoch bigint NOT NULL DEFAULT pg_catalog.nextval('pub.publishing_epoch');
+-- Settings (one row): whether writes are published, and where the application's
+-- tables live.
+CREATE TABLE pub.settings (
+    -- A single row: the primary key can only be true.
+    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    publishing_enabled boolean NOT NULL DEFAULT true,
+    app_schema         name NOT NULL DEFAULT 'public',
+    changed_at         timestamptz NOT NULL DEFAULT now(),
+    publishing_epoch   bigint NOT NULL DEFAULT pg_catalog.nextval('pub.publishing_epoch')
+);
+
+COMMENT ON TABLE pub.settings IS
+    'pubctl settings (one row): whether writes to the application tables are published, and the schema holding those tables.';
+
+-- The application's schema is chosen once, at install (`pubctl migrate --app-schema`).
+INSERT INTO pub.settings (app_schema)
+VALUES (COALESCE(NULLIF(pg_catalog.current_setting('pubctl.app_schema', true), ''), 'public'));
+
+-- Whether writes are published, as this statement's snapshot sees it.
+CREATE FUNCTION pub.publishing_enabled() RETURNS boolean
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT COALESCE((SELECT s.publishing_enabled FROM pub.settings s), true);
+END;
+
 -- Switch publishing on or off (`pubctl enable` / `pubctl disable`); returns the epoch
 -- of the change.
 CREATE FUNCTION pub.set_publishing(enabled boolean) RETURNS bigint
@@ -41,8 +99,7 @@ DECLARE
     seen bigint;
     latest bigint;
 BEGIN
-    -- "pubctl" in ASCII, then 0006: writes made while publishing was off.
-    PERFORM pg_advisory_xact_lock_shared(8103491283817594886);
+    PERFORM pg_advisory_xact_lock_shared(pub.lock_key('unpublished_writers'));
     SELECT s.publishing_epoch INTO seen FROM pub.settings AS s;
     SELECT e.last_value INTO latest FROM pub.publishing_epoch AS e;
     RETURN seen IS NOT DISTINCT FROM latest;
@@ -52,8 +109,177 @@ $$;
 REVOKE ALL ON FUNCTION pub.set_publishing(boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.unpublished_write_allowed() FROM PUBLIC;
 
--- The shape of the application's tables, checked where the projection runs; the
--- per-source projection SQL that backfill and verify share.
+-- ===== 20_projection.sql =====
+
+-- The projection: what each source row publishes, as RFC 8785 canonical JSON text.
+--
+-- This is the one source of truth inside the database; triggers, backfill and verify
+-- all call these functions. Each returns the canonical text of the item's payload, or
+-- NULL when the item is not live (a tombstone). The payload column is that text cast
+-- to jsonb, and the hash (pub.payload_hash, at the end of this file) is computed over
+-- that same text, so the two can never disagree.
+--
+-- Why the text is built by concatenation per kind: the keys of each kind are fixed
+-- and ASCII, so their RFC 8785 order is known in advance; strings are escaped by
+-- to_json(text), whose escaping is exactly RFC 8785's (\" \\ \b \f \n \r \t, other
+-- control characters as \u00xx lowercase, everything else literal); integers print
+-- as digits, which is RFC 8785's form for integers within +-(2^53-1). A generic
+-- recursive canonicaliser in SQL measured about 45x slower.
+--
+-- Why these are LANGUAGE sql STABLE functions with a BEGIN ATOMIC body and no SET
+-- search_path: the planner inlines them into the calling query (no call overhead per
+-- row; a SET clause prevents inlining and measured 2.4x slower), and a BEGIN ATOMIC
+-- body is parsed when the function is created, with every name resolved then, so the
+-- caller's search_path cannot change what they call. They are created with
+-- search_path = pg_catalog, pg_temp. STABLE, not IMMUTABLE: to_json is STABLE, and an
+-- IMMUTABLE function whose body is not is never inlined.
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- JSON text of a nullable string / integer.
+CREATE FUNCTION pub.json_string(value text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT COALESCE(pg_catalog.to_json(value)::text, 'null');
+END;
+
+CREATE FUNCTION pub.json_integer(value bigint) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT COALESCE(value::text, 'null');
+END;
+
+-- Integers RFC 8785 can carry exactly (IEEE double): beyond them a number would be
+-- published as a different number, so such rows are refused instead.
+CREATE FUNCTION pub.is_json_safe_integer(value bigint) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT value IS NULL OR value BETWEEN -9007199254740991 AND 9007199254740991;
+END;
+
+-- A JSON array of strings, as canonical text; NULL when it is anything else.
+CREATE TYPE pub.string_list AS (items text[]);
+
+CREATE FUNCTION pub.json_string_array(value jsonb) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        -- strict: a lax JSON path would unwrap nested arrays and let [["a"]] through.
+        WHEN pg_catalog.jsonb_typeof(value) = 'array'
+             AND NOT pg_catalog.jsonb_path_exists(value, 'strict $[*] ? (@.type() != "string")')
+        -- jsonb_populate_record turns the array into text[] without a subquery per
+        -- row; to_json(text[]) prints it compact, each element escaped like to_json(text).
+        THEN pg_catalog.to_json(
+                 (pg_catalog.jsonb_populate_record(
+                      NULL::pub.string_list,
+                      pg_catalog.jsonb_build_object('items', value))).items)::text
+    END;
+END;
+
+-- Raises the payload-rule error (SQLSTATE PB001). Declared STABLE so that the
+-- projection functions calling it stay inlinable; it is only reached for a bad row.
+CREATE FUNCTION pub.payload_rule_violation(kind text, source_id bigint, rule text)
+    RETURNS text
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pubctl: % % breaks the payload rules: %', kind, source_id, rule
+        USING ERRCODE = 'PB001',
+              DETAIL = format('kind=%s source_id=%s rule=%s', kind, source_id, rule),
+              HINT = 'Fix the row: the write is refused rather than published wrong.';
+END;
+$$;
+
+-- Liveness, each row's own (a deleted topic does not tombstone its questions).
+CREATE FUNCTION pub.topic_is_live(deleted_at timestamptz) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT deleted_at IS NULL;
+END;
+
+CREATE FUNCTION pub.question_is_live(deleted_at timestamptz) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT deleted_at IS NULL;
+END;
+
+-- The explanation is live while its question is live and explanation_status is
+-- 'ready' (a ready explanation with NULL text publishes "explanation": null).
+CREATE FUNCTION pub.explanation_is_live(deleted_at timestamptz, explanation_status text)
+    RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pub.question_is_live(deleted_at) AND explanation_status IS NOT DISTINCT FROM 'ready';
+END;
+
+CREATE FUNCTION pub.topic_canonical(
+    topic_id bigint, name text, exam_round_size integer, deleted_at timestamptz
+) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN NOT pub.topic_is_live(deleted_at) THEN NULL
+        WHEN NOT pub.is_json_safe_integer(topic_id)
+            THEN pub.payload_rule_violation('topic', topic_id, 'id must be within +-(2^53-1)')
+        ELSE '{"exam_round_size":' || pub.json_integer(exam_round_size)
+            || ',"name":' || pub.json_string(name)
+            || ',"topic_id":' || pub.json_integer(topic_id)
+            || '}'
+    END;
+END;
+
+CREATE FUNCTION pub.question_canonical(
+    question_id bigint, topic_id bigint, exam_name text, exam_round integer,
+    number integer, body text, choices jsonb, answer integer, deleted_at timestamptz
+) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN NOT pub.question_is_live(deleted_at) THEN NULL
+        WHEN NOT (pub.is_json_safe_integer(question_id) AND pub.is_json_safe_integer(topic_id))
+            THEN pub.payload_rule_violation('question', question_id,
+                                            'id and topic_id must be within +-(2^53-1)')
+        ELSE '{"answer":' || pub.json_integer(answer)
+            || ',"body":' || pub.json_string(body)
+            -- Checked and printed in one evaluation: the rule error only when NULL.
+            || ',"choices":' || COALESCE(
+                   pub.json_string_array(choices),
+                   pub.payload_rule_violation('question', question_id,
+                                              'choices must be a JSON array of strings'))
+            || ',"exam_name":' || pub.json_string(exam_name)
+            || ',"exam_round":' || pub.json_integer(exam_round)
+            || ',"number":' || pub.json_integer(number)
+            || ',"question_id":' || pub.json_integer(question_id)
+            || ',"topic_id":' || pub.json_integer(topic_id)
+            || '}'
+    END;
+END;
+
+CREATE FUNCTION pub.explanation_canonical(
+    question_id bigint, explanation text, explanation_status text, deleted_at timestamptz
+) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN NOT pub.explanation_is_live(deleted_at, explanation_status) THEN NULL
+        WHEN NOT pub.is_json_safe_integer(question_id)
+            THEN pub.payload_rule_violation('explanation', question_id,
+                                            'id must be within +-(2^53-1)')
+        ELSE '{"explanation":' || pub.json_string(explanation)
+            || ',"question_id":' || pub.json_integer(question_id)
+            || '}'
+    END;
+END;
+
+-- The one place the payload hash is defined: lowercase hex SHA-256 of the UTF-8
+-- bytes of the canonical text.
+CREATE FUNCTION pub.payload_hash(canonical text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(canonical, 'UTF8')), 'hex');
+END;
+
 -- The shape of the application's tables that the projection relies on: the column
 -- types each projected column may have. `pubctl migrate` refuses anything else, and
 -- capture, backfill and verify check it again when they run, because a table owner
@@ -278,25 +504,89 @@ BEGIN ATOMIC
     END;
 END;
 
--- The UPDATE triggers no longer trust pubctl.last_enqueued: they write their rows themselves.
-DROP FUNCTION pub.enqueue(text[], bigint[], text[]);
+-- ===== 30_outbox.sql =====
 
-DO $detach$
-DECLARE
-    app name := (SELECT s.app_schema FROM pub.settings s);
-    tbl text;
-    trg text;
-BEGIN
-    FOREACH tbl IN ARRAY ARRAY['study_topic', 'study_question'] LOOP
-        FOREACH trg IN ARRAY ARRAY['pub_capture_insert', 'pub_capture_update',
-                                   'pub_capture_delete', 'pub_refuse_truncate'] LOOP
-            IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', app, tbl)) IS NOT NULL THEN
-                EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %I.%I', trg, app, tbl);
-            END IF;
-        END LOOP;
-    END LOOP;
+-- The outbox: what the triggers and the backfill produce and the applier consumes.
+--
+-- Insert-only: producers insert, the applier deletes what it consumed, nobody
+-- updates a row. Its columns suit Debezium's Outbox Event Router as they are
+-- (id, kind for routing, source_id as key, payload).
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+CREATE TABLE pub.outbox (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind           text NOT NULL CHECK (kind IN ('topic', 'question', 'explanation')),
+    source_id      bigint NOT NULL,
+    payload        jsonb NOT NULL,
+    payload_hash   text NOT NULL,
+    schema_version integer NOT NULL,
+    deleted        boolean NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE pub.outbox IS
+    'Item changes waiting for the applier, oldest first by id. Written only by pubctl''s triggers and backfill.';
+
+-- How an item becomes outbox columns, in one place: payload and hash both come from
+-- the same canonical text, and a NULL canonical text is a tombstone ({} and deleted).
+-- Inlinable SQL functions, so the triggers' set-based INSERTs pay no call per row.
+CREATE FUNCTION pub.outbox_payload(canonical text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT COALESCE(canonical, '{}')::jsonb;
 END;
-$detach$;
+
+CREATE FUNCTION pub.outbox_payload_hash(canonical text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pub.payload_hash(COALESCE(canonical, '{}'));
+END;
+
+-- The payload schema version the projection functions produce.
+CREATE FUNCTION pub.schema_version() RETURNS integer
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT 1;
+END;
+
+-- Wakes `pubctl worker`. Postgres folds identical notifications of one transaction,
+-- so a transaction wakes the worker once however many statements it ran.
+CREATE FUNCTION pub.notify_outbox() RETURNS void
+    LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT pg_catalog.pg_notify('pubctl_outbox', '');
+END;
+
+REVOKE ALL ON FUNCTION pub.notify_outbox() FROM PUBLIC;
+
+-- ===== 40_capture.sql =====
+
+-- Capture: the triggers on the application's tables that put item changes into the
+-- outbox, in the writer's own transaction.
+--
+-- Why this mix of trigger kinds (measured, see BENCHMARKS.md):
+-- * INSERT and DELETE: statement triggers with transition tables. One INSERT into
+--   the outbox per statement amortises the per-row cost of bulk imports.
+-- * UPDATE: a row trigger with a WHEN clause. Postgres evaluates WHEN without calling
+--   the function, so an UPDATE that touches no projected column (updated_at, ...)
+--   costs almost nothing. A statement trigger would need OLD and NEW transition
+--   tables, whose capture alone costs a no-op UPDATE of every row about 17% and whose
+--   join about 50% more, because Postgres fills them for every updated row.
+-- * TRUNCATE fires no row triggers, so it is refused while publishing is on.
+--
+-- Who runs this code. The functions are SECURITY DEFINER, so that the application's
+-- role needs no privilege on schema pub to be published and cannot write the outbox
+-- itself. Their owner is the NOLOGIN role pubctl_capture when `pubctl migrate` could
+-- create it (superuser or CREATEROLE), holding only what capture needs; otherwise the
+-- role that ran the migration. Everything they evaluate is built in: before reading a
+-- projected column they check its type (pub.require_*_shape), because a table owner
+-- who swapped in a column of a type of their own making, with an implicit cast or an
+-- operator, would otherwise have that code run with these functions' rights. They
+-- compare columns, never old payloads, to decide what changed: a row that broke the
+-- payload rules before pubctl was installed can still be fixed by an UPDATE.
+
+SET LOCAL search_path = pg_catalog, pg_temp;
 
 -- The triggers pubctl attached, as pg_get_triggerdef printed them then: status and
 -- verify report a trigger that is missing, disabled, replica-only or defined otherwise
@@ -319,7 +609,7 @@ COMMENT ON TABLE pub.capture_triggers IS
 -- a one-time filter over the first row of the transition table: it runs before the
 -- subquery reads any column, and costs no catalog access.
 
-CREATE OR REPLACE FUNCTION pub.capture_topic_insert() RETURNS trigger
+CREATE FUNCTION pub.capture_topic_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -346,7 +636,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION pub.capture_question_insert() RETURNS trigger
+CREATE FUNCTION pub.capture_question_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -395,7 +685,7 @@ END;
 $$;
 
 -- Only items that were live need a tombstone: a row that stays deleted adds nothing.
-CREATE OR REPLACE FUNCTION pub.capture_topic_delete() RETURNS trigger
+CREATE FUNCTION pub.capture_topic_delete() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -418,7 +708,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION pub.capture_question_delete() RETURNS trigger
+CREATE FUNCTION pub.capture_question_delete() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -471,7 +761,7 @@ $$;
 --   harmless. The setting also tells that this transaction has already woken the
 --   applier (one notification per row would be a query per row).
 
-CREATE OR REPLACE FUNCTION pub.capture_topic_update() RETURNS trigger
+CREATE FUNCTION pub.capture_topic_update() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -554,7 +844,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION pub.capture_question_update() RETURNS trigger
+CREATE FUNCTION pub.capture_question_update() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -693,7 +983,7 @@ $$;
 -- TRUNCATE fires no row triggers: refused while publishing is on, also for a
 -- transaction whose snapshot still says "off" after `pubctl enable` (see
 -- pub.unpublished_write_allowed, which also makes enable wait for the truncation).
-CREATE OR REPLACE FUNCTION pub.refuse_truncate() RETURNS trigger
+CREATE FUNCTION pub.refuse_truncate() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -902,8 +1192,252 @@ BEGIN
 END;
 $owner$;
 
--- Backfill pages bounded before they lock; a finished flag instead of a short page.
-DROP FUNCTION pub.backfill_page(text, bigint, integer, boolean, boolean);
+-- ===== 50_apply.sql =====
+
+-- The published state and the applier that moves the outbox into it.
+--
+-- One applier at a time: apply_batch takes a transaction-level advisory lock, so
+-- revs are handed out by one transaction at a time and become visible all at once,
+-- in increasing order, when it commits. A feed reader asking for rev > cursor can
+-- therefore never see rev n+1 while rev n is still invisible: no rev is skipped
+-- because a transaction committed late. (Postgres makes a commit visible before it
+-- releases the transaction's locks, so the next applier already sees it.)
+--
+-- Per item, outbox ids follow commit order: two writes of one row are serialised by
+-- the row lock, so the later one gets the larger outbox id. Taking the newest outbox
+-- row per item therefore never goes back to an older payload.
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+CREATE TABLE pub.content (
+    kind           text NOT NULL CHECK (kind IN ('topic', 'question', 'explanation')),
+    source_id      bigint NOT NULL,
+    pub_id         uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
+    rev            bigint NOT NULL UNIQUE,
+    payload        jsonb NOT NULL,
+    payload_hash   text NOT NULL,
+    schema_version integer NOT NULL,
+    deleted        boolean NOT NULL,
+    updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (kind, source_id)
+);
+
+COMMENT ON TABLE pub.content IS
+    'The published state: one row per item, its newest payload or tombstone and the rev of its last real change. Read it through pub.feed().';
+
+-- A feed filtered by kind reads its kinds' ranges of these (see pub.feed).
+CREATE INDEX content_topic_rev_idx ON pub.content (rev) WHERE kind = 'topic';
+CREATE INDEX content_question_rev_idx ON pub.content (rev) WHERE kind = 'question';
+CREATE INDEX content_explanation_rev_idx ON pub.content (rev) WHERE kind = 'explanation';
+
+-- The one counter revs come from, across all kinds. A row, not a sequence: it is
+-- transactional, so a failed batch leaves no gap, and updating it is one more
+-- guarantee that two batches never interleave.
+--
+-- feed_id is the identity of the published state, born with it: a viewer whose saved
+-- feed_id differs knows its cursor belongs to a published state that no longer
+-- exists, and starts again from rev 0.
+CREATE TABLE pub.rev_counter (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    last_rev  bigint NOT NULL DEFAULT 0,
+    feed_id   uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid()
+);
+
+INSERT INTO pub.rev_counter DEFAULT VALUES;
+
+-- The churn decision lives here, in one statement: take up to max_rows outbox rows
+-- in id order, keep the newest per item, and write only items whose
+-- (payload_hash, deleted) differs from what is published. A tombstone for an item
+-- that was never published is dropped. Consumed outbox rows are deleted in the same
+-- transaction, so a crash at any point either applies a batch whole or not at all.
+-- A batch that published something notifies 'pubctl_published' (payload: the new last
+-- rev), delivered when it commits: what `pubctl serve`'s long-polls wait for.
+CREATE FUNCTION pub.apply_batch(
+    max_rows integer,
+    OUT consumed bigint, OUT changed bigint, OUT unchanged bigint, OUT dropped bigint
+)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'pubctl: batch size must be a positive integer, got %', max_rows
+            USING ERRCODE = 'PB003',
+                  DETAIL = 'apply_batch consumes at most max_rows outbox rows per call.',
+                  HINT = 'Pass a batch size of 1 or more.';
+    END IF;
+    -- One applier at a time.
+    PERFORM pg_advisory_xact_lock(pub.lock_key('applier'));
+
+    WITH consumed_rows AS (
+        DELETE FROM pub.outbox AS o
+        WHERE o.id IN (SELECT b.id FROM pub.outbox AS b ORDER BY b.id LIMIT max_rows)
+        RETURNING o.*
+    ), newest AS (
+        SELECT DISTINCT ON (c.kind, c.source_id)
+               c.*, count(*) OVER (PARTITION BY c.kind, c.source_id) AS outbox_rows
+        FROM consumed_rows AS c
+        ORDER BY c.kind, c.source_id, c.id DESC
+    ), judged AS (
+        SELECT n.*,
+               CASE
+                   WHEN p.kind IS NULL AND n.deleted THEN 'dropped'
+                   WHEN (p.payload_hash, p.deleted) = (n.payload_hash, n.deleted) THEN 'unchanged'
+                   ELSE 'changed'
+               END AS verdict
+        FROM newest AS n
+        LEFT JOIN pub.content AS p ON (p.kind, p.source_id) = (n.kind, n.source_id)
+    ), bump AS (
+        UPDATE pub.rev_counter AS r
+        SET last_rev = r.last_rev + (SELECT count(*) FROM judged WHERE verdict = 'changed')
+        WHERE EXISTS (SELECT FROM judged WHERE verdict = 'changed')
+        RETURNING r.last_rev - (SELECT count(*) FROM judged WHERE verdict = 'changed') AS first_rev
+    ), restamped AS (
+        -- Same payload under a newer schema_version (a projection change that left this
+        -- item's payload as it was): record the version, but it is no change for readers.
+        UPDATE pub.content AS p
+        SET schema_version = j.schema_version
+        FROM judged AS j
+        WHERE j.verdict = 'unchanged' AND (p.kind, p.source_id) = (j.kind, j.source_id)
+          AND p.schema_version <> j.schema_version
+        RETURNING 1
+    ), published AS (
+        -- Revs follow outbox order, so the feed shows changes in the order they were made.
+        INSERT INTO pub.content AS p
+            (kind, source_id, rev, payload, payload_hash, schema_version, deleted, updated_at)
+        SELECT j.kind, j.source_id,
+               (SELECT first_rev FROM bump) + row_number() OVER (ORDER BY j.id),
+               j.payload, j.payload_hash, j.schema_version, j.deleted, now()
+        FROM judged AS j
+        WHERE j.verdict = 'changed'
+        ON CONFLICT (kind, source_id) DO UPDATE
+            SET rev = EXCLUDED.rev,
+                payload = EXCLUDED.payload,
+                payload_hash = EXCLUDED.payload_hash,
+                schema_version = EXCLUDED.schema_version,
+                deleted = EXCLUDED.deleted,
+                updated_at = EXCLUDED.updated_at
+        RETURNING 1
+    )
+    SELECT COALESCE(sum(j.outbox_rows), 0),
+           count(*) FILTER (WHERE j.verdict = 'changed'),
+           count(*) FILTER (WHERE j.verdict = 'unchanged'),
+           count(*) FILTER (WHERE j.verdict = 'dropped')
+    INTO consumed, changed, unchanged, dropped
+    FROM judged AS j;
+
+    IF changed > 0 THEN
+        PERFORM pg_notify('pubctl_published', (SELECT r.last_rev::text FROM pub.rev_counter AS r));
+    END IF;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
+
+-- The feed: item changes in rev order, for viewers. SECURITY DEFINER so that a
+-- reader role needs nothing but USAGE on schema pub and EXECUTE on this function.
+--
+-- Filtered by kind, it reads index ranges: one range of each wanted kind's partial rev
+-- index, merged by rev, so a page of a rare kind never walks the revs of the others.
+-- (With one (kind, rev) index the planner preferred the rev index plus a filter for
+-- kinds its statistics call common, which walks every other kind's revs when the
+-- recent ones are of another kind; a partial index is always cheaper than that filter.
+-- Each row is in exactly one of them: the applier writes no more index entries.)
+-- Without kinds it is one range of the rev index. Each branch is switched on or
+-- off by the parameters alone (a one-time filter), so one plan serves every call. The
+-- three kinds are the ones pub.content's CHECK constraint allows.
+CREATE FUNCTION pub.feed(after_rev bigint, max_rows integer DEFAULT 1000, kinds text[] DEFAULT NULL)
+    RETURNS TABLE (
+        rev bigint, kind text, pub_id uuid, source_id bigint, payload jsonb,
+        payload_hash text, schema_version integer, deleted boolean
+    )
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT f.rev, f.kind, f.pub_id, f.source_id, f.payload, f.payload_hash,
+           f.schema_version, f.deleted
+    FROM (
+        (SELECT c.* FROM pub.content AS c
+         WHERE feed.kinds IS NULL AND c.rev > COALESCE(feed.after_rev, 0)
+         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
+        UNION ALL
+        (SELECT c.* FROM pub.content AS c
+         WHERE 'topic' = ANY (feed.kinds) AND c.kind = 'topic'
+           AND c.rev > COALESCE(feed.after_rev, 0)
+         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
+        UNION ALL
+        (SELECT c.* FROM pub.content AS c
+         WHERE 'question' = ANY (feed.kinds) AND c.kind = 'question'
+           AND c.rev > COALESCE(feed.after_rev, 0)
+         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
+        UNION ALL
+        (SELECT c.* FROM pub.content AS c
+         WHERE 'explanation' = ANY (feed.kinds) AND c.kind = 'explanation'
+           AND c.rev > COALESCE(feed.after_rev, 0)
+         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
+    ) AS f
+    ORDER BY f.rev
+    LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0);
+END;
+
+REVOKE ALL ON FUNCTION pub.feed(bigint, integer, text[]) FROM PUBLIC;
+
+-- The identity of the published state (see pub.rev_counter), for feed readers.
+CREATE FUNCTION pub.feed_id() RETURNS uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT r.feed_id FROM pub.rev_counter AS r;
+END;
+
+REVOKE ALL ON FUNCTION pub.feed_id() FROM PUBLIC;
+
+-- What a health check needs, for a role that may read the feed and nothing else:
+-- the migration revision (compared with the revision the reader's code expects), the
+-- feed identity and the last rev. Read-only; plpgsql so that it may name
+-- pub.alembic_version, which Alembic creates, not this file.
+CREATE FUNCTION pub.health(OUT revision text, OUT feed_id uuid, OUT last_rev bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT v.version_num INTO revision FROM pub.alembic_version AS v;
+    SELECT r.feed_id, r.last_rev INTO feed_id, last_rev FROM pub.rev_counter AS r;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.health() FROM PUBLIC;
+
+-- ===== 60_backfill.sql =====
+
+-- Backfill: publishing rows that existed before capture (or changed while it was off).
+--
+-- One page is one call, one short transaction: it reads the next source rows by
+-- keyset (id > after_id), enqueues their items through the same projection functions
+-- the triggers use, and records its progress in pub.backfill_runs in the same
+-- transaction, so a crash resumes exactly after the last committed page.
+--
+-- Safe beside live writes: the page reads its rows FOR SHARE. A writer already
+-- updating one of them makes the page wait and then read the writer's version; a
+-- writer coming later waits for the page to commit, so its outbox row gets the
+-- larger id. Either way the newest outbox row of the item carries its newest payload.
+-- (FOR KEY SHARE would not do: it does not conflict with an ordinary UPDATE.)
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+CREATE TABLE pub.backfill_runs (
+    source     text PRIMARY KEY CHECK (source IN ('study_topic', 'study_question')),
+    after_id   bigint NOT NULL,              -- where the run started
+    last_id    bigint NOT NULL,              -- the last source id of the last committed page
+    rows_done  bigint NOT NULL DEFAULT 0,    -- source rows read so far
+    enqueued   bigint NOT NULL DEFAULT 0,    -- outbox rows written so far
+    state      text NOT NULL CHECK (state IN ('running', 'stopped', 'finished')),
+    started_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE pub.backfill_runs IS
+    'Progress of the latest backfill per source table, committed with each page: `pubctl backfill --resume` continues from last_id.';
 
 -- One page of a backfill, in one transaction (READ COMMITTED, which the page checks):
 --
@@ -1074,10 +1608,29 @@ $$;
 
 REVOKE ALL ON FUNCTION pub.backfill_page(text, bigint, integer, boolean, boolean) FROM PUBLIC;
 
+-- ===== 70_verify.sql =====
+
+-- Verify: what is published against what the source says, set-based, by id range.
+--
+-- For one source table and one range of ids (lo, hi] (hi NULL: no upper bound) it
+-- projects the source rows with the same functions the triggers use, joins them with
+-- pub.content over the same range, and returns one row per item that differs:
+--   missing   the source has a live item, nothing live is published
+--   orphaned  something live is published, the source row is deleted, not ready or gone
+--   stale     both live, but the published payload or hash is not the source's
+--   old_schema published under an older schema_version than the projection's
+-- with pending = true when an outbox row for the item is still waiting to be applied
+-- (the difference may be explained by it). detail names the differing payload keys.
+-- The hash of each stored payload and the SQL projection itself are checked in
+-- Python against the independent reference (pubctl/verify.py). Capture itself is
+-- checked by pub.capture_problems (sql/schema/40_capture.sql).
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
 -- Like backfill, verify reads only the projected columns, checks their types first
 -- (pub.require_source_shape), and runs with row-level security off: it must see every
 -- row, and never run code of the table owner's making as the operator.
-CREATE OR REPLACE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
+CREATE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
     RETURNS TABLE (kind text, source_id bigint, category text, pending boolean, detail text[])
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -1151,7 +1704,7 @@ REVOKE ALL ON FUNCTION pub.verify_range(text, bigint, bigint) FROM PUBLIC;
 
 -- The upper bound of the next keyset page of a source table: the id of its
 -- page_size-th row after after_id, and how many rows the page has.
-CREATE OR REPLACE FUNCTION pub.source_page_bound(
+CREATE FUNCTION pub.source_page_bound(
     source text, after_id bigint, page_size integer, OUT rows_in_page integer, OUT last_id bigint
 )
     LANGUAGE plpgsql STABLE
@@ -1177,7 +1730,7 @@ $$;
 -- The source rows of a range as jsonb (their projected columns only), each with its
 -- items' canonical text from the SQL projection and their published hashes: what the
 -- Python reference projection and its own RFC 8785 hashes are held against.
-CREATE OR REPLACE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
+CREATE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
     RETURNS TABLE (source_id bigint, row_data jsonb, canonicals jsonb, published_hashes jsonb)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
