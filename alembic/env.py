@@ -6,6 +6,7 @@ is never touched. The run is one transaction, serialised by an advisory lock.
 """
 
 from alembic import context
+
 from pubctl import migrate as pubctl_migrate
 
 config = context.config

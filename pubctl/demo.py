@@ -56,8 +56,7 @@ class Demo:
             k: v for k, v in os.environ.items() if k not in ("PUBCTL_DATABASE_URL", "DATABASE_URL")
         }
         env["PUBCTL_DATABASE_URL"] = self.url
-        # The console script, not `python -m`, so the current directory never shadows a
-        # package (a checkout has a top-level alembic/ folder).
+        # The console script of this environment, as a user would type it.
         script = Path(sys.executable).with_name("pubctl")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "pubctl"]
         proc = subprocess.run([*command, *args], env=env, capture_output=True, text=True)

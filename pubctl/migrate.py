@@ -7,21 +7,21 @@ leaves the database exactly as it was.
 
 from __future__ import annotations
 
-import importlib.resources
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import sqlalchemy
+from alembic import command, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from psycopg.rows import dict_row
 from sqlalchemy.pool import NullPool
 
-from alembic import command
 from pubctl import db, sources
 from pubctl.errors import MissingSourceError, PubctlError, SchemaNewerError
 from pubctl.queries import query
@@ -31,6 +31,7 @@ from pubctl.revision import (
     PRE_RELEASE_HINT,
     current_revision,
 )
+from pubctl.shipped import migrations_folder
 
 PUB_SCHEMA = "pub"
 DEFAULT_LOCK_TIMEOUT_S = 2.0
@@ -41,7 +42,7 @@ DEFAULT_APP_SCHEMA = "public"
 
 def script_directory() -> ScriptDirectory:
     """Alembic's view of the migration scripts shipped inside the package."""
-    return ScriptDirectory(str(importlib.resources.files("pubctl.migrations")))
+    return ScriptDirectory(str(migrations_folder()))
 
 
 def revisions() -> list[str]:
@@ -201,9 +202,7 @@ def _run_alembic(
     try:
         with engine.connect() as connection:
             cfg = Config()
-            cfg.set_main_option(
-                "script_location", str(importlib.resources.files("pubctl.migrations"))
-            )
+            cfg.set_main_option("script_location", str(migrations_folder()))
             cfg.attributes.update(
                 connection=connection,
                 url=url,
@@ -280,6 +279,19 @@ def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> No
                 "(or `pubctl init-sample-schema` for a demo), then migrate again",
             )
     raw.execute(query("create_pub_schema"))
+
+
+def run_frozen(migration_file: str, direction: str) -> None:
+    """Run a revision's frozen SQL (``direction`` "up" or "down") on the migration
+    connection.
+
+    Each revision ``NNNN_name.py`` has ``NNNN_name.up.sql`` and ``NNNN_name.down.sql``
+    beside it: a copy of the SQL as it was when the revision was released, so later
+    edits of ``sql/`` never change what an old revision does.
+    """
+    path = Path(migration_file)
+    sql = path.with_name(f"{path.stem}.{direction}.sql").read_text(encoding="utf-8")
+    op.get_bind().connection.driver_connection.execute(sql)
 
 
 def _recorded_app_schema(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:

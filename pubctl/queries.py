@@ -7,23 +7,21 @@ Python code calls queries by name and holds no SQL text of its own.
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import re
+
+from pubctl.shipped import sql_folder
 
 _HEADER = re.compile(r"^--\s*name:\s*(?P<name>[a-z_][a-z0-9_]*)\s*$", re.M)
 
 
 def read_sql_file(name: str) -> str:
     """Return the text of a file shipped in the ``sql/`` directory."""
-    return importlib.resources.files("pubctl.sql").joinpath(name).read_text(encoding="utf-8")
+    return (sql_folder() / name).read_text(encoding="utf-8")
 
 
 def schema_files() -> list[str]:
     """The parts of the current schema (``sql/schema/*.sql``), in the order they run."""
-    folder = importlib.resources.files("pubctl.sql").joinpath("schema")
-    return sorted(
-        f"schema/{entry.name}" for entry in folder.iterdir() if entry.name.endswith(".sql")
-    )
+    return sorted(f"schema/{entry.name}" for entry in (sql_folder() / "schema").glob("*.sql"))
 
 
 @functools.cache

@@ -9,7 +9,8 @@ Revises:
 """
 
 from alembic import context, op
-from pubctl.migrations.frozen import run_frozen
+
+from pubctl.migrate import run_frozen
 
 revision = "0100"
 down_revision = None

@@ -226,10 +226,36 @@ def test_wheel_installs_and_migrates_from_another_directory(
     assert (
         str(env_dir)
         in subprocess.run(
-            [py, "-c", "import pubctl.migrations, sys; print(pubctl.migrations.__file__)"],
+            [py, "-c", "from pubctl import shipped; print(shipped.migrations_folder())"],
             cwd=elsewhere,
             capture_output=True,
             text=True,
             check=True,
         ).stdout
     )
+
+
+def test_the_checkout_shadows_no_library(empty_db: Database) -> None:
+    """sql/ and alembic/ are plain folders: Python run from the repository root imports
+    the Alembic library, and `python -m pubctl` migrates from there."""
+    repo = Path(__file__).resolve().parents[2]
+    assert not (repo / "alembic" / "__init__.py").exists()
+    assert not (repo / "sql" / "__init__.py").exists()
+    found = subprocess.run(
+        [sys.executable, "-c", "import alembic.command; print(alembic.__file__)"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert not found.startswith(str(repo / "alembic")), found
+    env = {k: v for k, v in os.environ.items() if k not in ("PUBCTL_DATABASE_URL", "DATABASE_URL")}
+    for args in (["init-sample-schema"], ["migrate"], ["status"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pubctl", "--database-url", empty_db.url, *args],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
