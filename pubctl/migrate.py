@@ -264,6 +264,8 @@ def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> No
         )
     app_schema = recorded or wanted or DEFAULT_APP_SCHEMA
     attributes["app_schema"] = app_schema
+    # Revisions read the application's schema from this setting (local to the run).
+    raw.execute(query("set_migration_app_schema"), {"app_schema": app_schema})
     if attributes["direction"] == "upgrade":
         with raw.cursor(row_factory=dict_row) as cur:
             columns = cur.execute(
@@ -291,7 +293,7 @@ def run_frozen(migration_file: str, direction: str) -> None:
     """
     path = Path(migration_file)
     sql = path.with_name(f"{path.stem}.{direction}.sql").read_text(encoding="utf-8")
-    op.get_bind().connection.driver_connection.execute(sql)
+    _driver_connection(op.get_bind()).execute(sql)
 
 
 def _recorded_app_schema(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:

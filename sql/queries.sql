@@ -92,8 +92,11 @@ DROP DATABASE IF EXISTS {name} WITH (FORCE);
 -- written here rather than in pub.lock_key: "pubctl" in ASCII followed by 0001.
 SELECT pg_catalog.pg_advisory_xact_lock(8103491283817594881);
 
+-- name: set_migration_app_schema
+SELECT pg_catalog.set_config('pubctl.app_schema', %(app_schema)s, true);
+
 -- name: create_pub_schema
--- Bootstraps the schema that holds Alembic's version table; migration 0001 fills it.
+-- Bootstraps the schema that holds Alembic's version table; the baseline fills it.
 CREATE SCHEMA IF NOT EXISTS pub;
 
 -- name: drop_pub_schema

@@ -8,8 +8,6 @@ Revision ID: 0100
 Revises:
 """
 
-from alembic import context, op
-
 from pubctl.migrate import run_frozen
 
 revision = "0100"
@@ -19,11 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Which schema holds the application's tables is chosen once, at install.
-    app_schema = context.config.attributes.get("app_schema") or "public"
-    op.get_bind().connection.driver_connection.execute(
-        "SELECT pg_catalog.set_config('pubctl.app_schema', %s, true)", (app_schema,)
-    )
+    # The application's schema comes from the setting pubctl.app_schema, set by
+    # pubctl.migrate for the run.
     run_frozen(__file__, "up")
 
 

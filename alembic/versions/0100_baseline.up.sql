@@ -1,8 +1,8 @@
 -- Revision 0100 (frozen): the baseline of pubctl 0.1.0, the whole schema in one step.
 -- A copy of sql/schema/*.sql as it was at the release, in that order. Schema pub itself
 -- is created before the first revision runs, because Alembic's version table lives in
--- it; the application's schema comes from the setting pubctl.app_schema, which the
--- revision sets from `pubctl migrate --app-schema`.
+-- it; the application's schema comes from the setting pubctl.app_schema, which each
+-- run sets from `pubctl migrate --app-schema`.
 
 -- ===== 10_settings.sql =====
 
