@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test lint format bench soak demo clean
+.PHONY: install test unit lint format bench soak demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(BIN)/python tests/e2e_verify.py
+
+# The unit tier: no database, a few seconds.
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit --hypothesis-profile=quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg import conninfo
 from pytest_postgresql import factories
 
@@ -22,6 +23,12 @@ from pubctl.queries import read_sql_file
 from pubctl.throwaway import ThrowawayPostgres
 
 from support.db import Database, ServerInfo
+
+# Property tests that set no example count of their own: `make test` runs them
+# thoroughly; `make unit` (--hypothesis-profile=quick) keeps the unit tier fast.
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.register_profile("quick", max_examples=50, deadline=None)
+settings.load_profile("thorough")
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(deadline=None)  # examples: the profile (tests/conftest.py)
 @given(
     payload=st.dictionaries(
         st.text(st.characters(max_codepoint=127), max_size=8), json_values, max_size=8
