@@ -9,8 +9,8 @@ from pubctl.errors import NotMigratedError, SchemaNewerError
 
 
 def test_the_guard_knows_exactly_the_migration_scripts() -> None:
-    assert revision.REVISIONS == tuple(migrate.revisions())
-    assert revision.HEAD == migrate.head_revision()
+    assert tuple(migrate.revisions()) == revision.REVISIONS
+    assert migrate.head_revision() == revision.HEAD
     assert revision.CONTENT_REVISION in revision.REVISIONS
     assert not set(revision.PRE_RELEASE) & set(revision.REVISIONS)
 

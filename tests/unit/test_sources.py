@@ -55,15 +55,15 @@ def test_fit_tables_have_no_problems() -> None:
 
 
 def test_each_problem_is_one_line_naming_the_object() -> None:
-    assert problems(
-        _catalog(drop=("study_question.body",)), "app"
-    ) == ["column app.study_question.body is missing"]
+    assert problems(_catalog(drop=("study_question.body",)), "app") == [
+        "column app.study_question.body is missing"
+    ]
     assert problems(
         _catalog(**{"study_topic.exam_round_size": {"type_name": "bigint"}}), "app"
     ) == ["column app.study_topic.exam_round_size is bigint, expected smallint or integer"]
-    assert problems(
-        _catalog(**{"study_topic.id": {"is_primary_key": False}}), "app"
-    ) == ["column app.study_topic.id is not the primary key"]
+    assert problems(_catalog(**{"study_topic.id": {"is_primary_key": False}}), "app") == [
+        "column app.study_topic.id is not the primary key"
+    ]
     deferrable = problems(_catalog(**{"study_topic.id": {"deferrable_key": True}}), "app")
     assert len(deferrable) == 1 and "DEFERRABLE" in deferrable[0]
     partitioned = problems(
