@@ -1,5 +1,6 @@
-"""No command needs a superuser: the whole flow as the role that owns the application's
-tables with CREATE on its database (the common deployment), nothing more."""
+"""No command needs a superuser: the whole flow with exactly the grants
+docs/operations.md lists, as the role that owns the application's tables and as a
+dedicated pubctl role that owns none of them."""
 
 from __future__ import annotations
 
@@ -67,3 +68,56 @@ def test_whole_flow_as_the_application_owner_without_superuser(app_db: Database)
             "capture runs as the owner itself: it may not create roles"
         )
         pubctl("migrate", "--revision", "base", "--drop-published-state")
+
+
+def test_whole_flow_as_a_dedicated_role_with_only_the_documented_grants(
+    app_db: Database,
+) -> None:
+    """The documented grants for a dedicated role, and nothing else: no membership in the
+    tables' owner, no CREATEROLE. Install, publish, go down to base and up again."""
+    dbname = conninfo.conninfo_to_dict(app_db.url)["dbname"]
+    with roles(app_db) as made:
+        app_owner = made.create("t_app_owner")
+        publisher = made.create("t_pubctl")
+        made.admin.execute(f"ALTER TABLE study_topic OWNER TO {app_owner}")
+        made.admin.execute(f"ALTER TABLE study_question OWNER TO {app_owner}")
+        made.admin.execute(f'GRANT CREATE ON DATABASE "{dbname}" TO {publisher}')
+        made.admin.execute(f"GRANT USAGE ON SCHEMA public TO {publisher}")
+        made.admin.execute(
+            f"GRANT SELECT, UPDATE, TRIGGER ON study_topic, study_question TO {publisher}"
+        )
+        url = role_url(app_db, publisher)
+
+        def pubctl(*args: str, code: int = 0) -> Any:
+            result = run_subprocess("--database-url", url, *args)
+            assert result.code == code, (args, result)
+            return result
+
+        with made.connect(app_owner) as app:
+            app.execute("INSERT INTO study_topic (id, name) VALUES (1, 'before install')")
+            pubctl("migrate")
+            app.execute("INSERT INTO study_topic (id, name) VALUES (2, 'captured')")
+            app.execute(
+                "INSERT INTO study_question (id, topic_id, body, choices, explanation,"
+                " explanation_status) VALUES (1, 1, 'q', '[\"a\"]', 'e', 'ready')"
+            )
+            pubctl("disable")
+            app.execute("UPDATE study_topic SET name = 'while off' WHERE id = 2")
+            pubctl("enable")
+            pubctl("backfill", "all")
+            pubctl("apply")
+            pubctl("verify", "--fail-on", "pending")
+            assert pubctl("status").code == 0
+            assert len(pubctl("feed").out.splitlines()) == 2 + 1 + 1
+            pubctl("migrate", "--revision", "base", "--drop-published-state")
+            app.execute("UPDATE study_topic SET name = 'not captured' WHERE id = 1")
+            pubctl("migrate")
+            pubctl("backfill", "all")
+            pubctl("apply")
+            pubctl("verify", "--fail-on", "pending")
+            pubctl("migrate", "--revision", "base", "--drop-published-state")
+        with app_db.connect() as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid IN"
+                " ('study_topic'::regclass, 'study_question'::regclass) AND NOT tgisinternal"
+            ).fetchone() == (0,), "going down to base detached every trigger"
