@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -52,19 +53,26 @@ def to_json_line(row: Sequence[object]) -> str:
     return f'{before},"payload":{payload_text},"payload_hash"{after}'
 
 
-def feed_id(conn: Conn, where: str) -> str:
-    """The identity of the published state; names what is missing when it cannot."""
+@contextmanager
+def as_feed_reader(where: str, grants: str = READER_GRANTS) -> Iterator[None]:
+    """Name what is missing when a reader's query fails: a grant (with the ones a feed
+    reader needs) or pubctl's schema."""
     try:
-        row = conn.execute(query("feed_id")).fetchone()
+        yield
     except psycopg.errors.InsufficientPrivilege:
         raise PubctlError(
-            f"the role of {where} may not read the feed",
-            hint=f"a feed reader needs: {READER_GRANTS}",
+            f"the role of {where} may not read the feed", hint=f"a feed reader needs: {grants}"
         ) from None
     except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
         raise NotMigratedError(
             f"{where} has no pubctl feed", hint="run `pubctl migrate` first"
         ) from None
+
+
+def feed_id(conn: Conn, where: str) -> str:
+    """The identity of the published state; names what is missing when it cannot."""
+    with as_feed_reader(where):
+        row = conn.execute(query("feed_id")).fetchone()
     assert row is not None
     return str(row[0])
 

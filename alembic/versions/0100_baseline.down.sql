@@ -34,7 +34,7 @@ DROP FUNCTION
     pub.question_canonical(bigint,bigint,text,integer,integer,text,jsonb,integer,timestamp with time zone),
     pub.question_is_live(timestamp with time zone),
     pub.require_question_shape(regtype,regtype,regtype,regtype,regtype,regtype,regtype,regtype,regtype,regtype,regtype),
-    pub.require_source_shape(text),
+    pub.require_source(text),
     pub.require_topic_shape(regtype,regtype,regtype,regtype),
     pub.schema_version(),
     pub.set_publishing(boolean),

@@ -6,6 +6,13 @@
 
 -- ===== 10_settings.sql =====
 
+-- Schema pub, its settings, and the publishing switch.
+--
+-- sql/schema/*.sql, run in name order, is the whole current schema of pubctl as the
+-- newest migration leaves it. It is for reading and for the test that proves the
+-- migrations build exactly this (tests/migration/test_schema_matches.py); installs
+-- always go through `pubctl migrate`, whose revisions carry frozen copies of this SQL.
+
 REVOKE ALL ON SCHEMA pub FROM PUBLIC;
 
 SET LOCAL search_path = pg_catalog, pg_temp;
@@ -447,15 +454,26 @@ BEGIN ATOMIC
     END;
 END;
 
--- Backfill and verify check the columns from the catalog before each page.
-CREATE FUNCTION pub.require_source_shape(source text) RETURNS void
+-- What backfill and verify check before each page: the source is one pubctl knows
+-- (PB003), and its projected columns have types the projection accepts, read from the
+-- catalog (PB004). Returns the kinds the source publishes.
+CREATE FUNCTION pub.require_source(source text) RETURNS text[]
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    kinds text[] := pub.source_kinds(source);
 BEGIN
+    IF kinds IS NULL THEN
+        RAISE EXCEPTION 'pubctl: unknown source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Pass study_topic or study_question (pubctl''s commands check '
+                         'their options before they call it).';
+    END IF;
     IF EXISTS (SELECT FROM pub.source_column_problems(source)) THEN
         PERFORM pub.source_shape_violation(source);
     END IF;
+    RETURN kinds;
 END;
 $$;
 
@@ -1482,7 +1500,7 @@ CREATE FUNCTION pub.backfill_page(
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    kinds text[] := pub.source_kinds(source);
+    kinds text[];
     upper_id bigint;
     last_locked bigint;
     gone_sql text;
@@ -1493,11 +1511,6 @@ BEGIN
             USING ERRCODE = 'PB003', DETAIL = 'backfill_page reads at most page_size rows.',
                   HINT = 'Pass a page size of 1 or more.';
     END IF;
-    IF kinds IS NULL THEN
-        RAISE EXCEPTION 'pubctl: unknown backfill source %', source
-            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
-                  HINT = 'Use `pubctl backfill topics|questions|all`.';
-    END IF;
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'pubctl: a backfill page must run at READ COMMITTED, not %',
                 current_setting('transaction_isolation')
@@ -1506,7 +1519,7 @@ BEGIN
                            'snapshot older than the locks would enqueue stale payloads.',
                   HINT = 'Run the page in a READ COMMITTED transaction (pubctl does).';
     END IF;
-    PERFORM pub.require_source_shape(source);
+    kinds := pub.require_source(source);
 
     -- 1. The page's bounds, unlocked.
     EXECUTE format(
@@ -1628,7 +1641,7 @@ REVOKE ALL ON FUNCTION pub.backfill_page(text, bigint, integer, boolean, boolean
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 -- Like backfill, verify reads only the projected columns, checks their types first
--- (pub.require_source_shape), and runs with row-level security off: it must see every
+-- (pub.require_source), and runs with row-level security off: it must see every
 -- row, and never run code of the table owner's making as the operator.
 CREATE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
     RETURNS TABLE (kind text, source_id bigint, category text, pending boolean, detail text[])
@@ -1638,14 +1651,8 @@ CREATE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    kinds text[] := pub.source_kinds(source);
+    kinds text[] := pub.require_source(source);
 BEGIN
-    IF kinds IS NULL THEN
-        RAISE EXCEPTION 'pubctl: unknown verify source %', source
-            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
-                  HINT = 'Use `pubctl verify --kind topic|question|explanation`.';
-    END IF;
-    PERFORM pub.require_source_shape(source);
 
     RETURN QUERY EXECUTE format($q$
         WITH rows AS MATERIALIZED (
@@ -1712,12 +1719,7 @@ CREATE FUNCTION pub.source_page_bound(
     SET row_security = off
 AS $$
 BEGIN
-    IF pub.source_kinds(source) IS NULL THEN
-        RAISE EXCEPTION 'pubctl: unknown source %', source
-            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
-                  HINT = 'Pass study_topic or study_question.';
-    END IF;
-    PERFORM pub.require_source_shape(source);
+    PERFORM pub.require_source(source);
     EXECUTE format(
         'SELECT count(*)::integer, max(id)::bigint FROM '
         '(SELECT t.id FROM %I.%I AS t WHERE t.id > $1 ORDER BY t.id LIMIT $2) AS page',
@@ -1738,14 +1740,8 @@ CREATE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    kinds text[] := pub.source_kinds(source);
+    kinds text[] := pub.require_source(source);
 BEGIN
-    IF kinds IS NULL THEN
-        RAISE EXCEPTION 'pubctl: unknown source %', source
-            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
-                  HINT = 'Pass study_topic or study_question.';
-    END IF;
-    PERFORM pub.require_source_shape(source);
     RETURN QUERY EXECUTE format($q$
         WITH rows AS MATERIALIZED (
             SELECT %3$s FROM %1$I.%2$I AS r WHERE r.id > $1 AND ($2 IS NULL OR r.id <= $2)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pubctl.errors import NotMigratedError, PubctlError, SchemaNewerError
+from pubctl.errors import PubctlError
 
 if TYPE_CHECKING:
     from pubctl.serve.app import FeedServer, ServeConfig
@@ -43,40 +43,15 @@ def _seconds(_ctx: click.Context, param: click.Parameter, value: float) -> float
 def check_database(url: str) -> str:
     """Fail before listening when the database is unreachable, lacks a grant, or is not
     at this pubctl's revision. Returns the head revision."""
-    import psycopg
-
-    from pubctl import db
+    from pubctl import db, revision
+    from pubctl.feed import as_feed_reader
     from pubctl.queries import query
-    from pubctl.revision import HEAD as head
-    from pubctl.revision import REVISIONS as known
 
-    with db.connect(url, autocommit=True) as conn:
-        try:
-            row = conn.execute(query("serve_health")).fetchone()
-        except psycopg.errors.InsufficientPrivilege:
-            raise PubctlError(
-                f"the role of {db.describe(url)} may not read the feed's health",
-                hint=f"a feed reader needs: {READER_GRANTS}",
-            ) from None
-        except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
-            raise NotMigratedError(
-                f"{db.describe(url)} has no pubctl schema at revision {head}",
-                hint="run `pubctl migrate`",
-            ) from None
-    revision = str(row[0]) if row and row[0] is not None else None
-    if revision != head:
-        if revision is not None and revision not in known:
-            raise SchemaNewerError(
-                f"{db.describe(url)} was migrated by a newer pubctl (revision {revision}); "
-                f"this pubctl only knows revisions up to {head}",
-                hint="upgrade pubctl",
-            )
-        raise NotMigratedError(
-            f"{db.describe(url)} is at pubctl revision {revision or 'none'}, "
-            f"this pubctl needs {head}",
-            hint="run `pubctl migrate`",
-        )
-    return head
+    where = db.describe(url)
+    with db.connect(url, autocommit=True) as conn, as_feed_reader(where, READER_GRANTS):
+        # pub.health, which a reader may execute: the version table is the operator's.
+        row = conn.execute(query("serve_health")).fetchone()
+    return revision.check(str(row[0]) if row and row[0] is not None else None, where)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -334,15 +334,26 @@ BEGIN ATOMIC
     END;
 END;
 
--- Backfill and verify check the columns from the catalog before each page.
-CREATE FUNCTION pub.require_source_shape(source text) RETURNS void
+-- What backfill and verify check before each page: the source is one pubctl knows
+-- (PB003), and its projected columns have types the projection accepts, read from the
+-- catalog (PB004). Returns the kinds the source publishes.
+CREATE FUNCTION pub.require_source(source text) RETURNS text[]
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    kinds text[] := pub.source_kinds(source);
 BEGIN
+    IF kinds IS NULL THEN
+        RAISE EXCEPTION 'pubctl: unknown source %', source
+            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
+                  HINT = 'Pass study_topic or study_question (pubctl''s commands check '
+                         'their options before they call it).';
+    END IF;
     IF EXISTS (SELECT FROM pub.source_column_problems(source)) THEN
         PERFORM pub.source_shape_violation(source);
     END IF;
+    RETURN kinds;
 END;
 $$;
 

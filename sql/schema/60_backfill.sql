@@ -70,7 +70,7 @@ CREATE FUNCTION pub.backfill_page(
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    kinds text[] := pub.source_kinds(source);
+    kinds text[];
     upper_id bigint;
     last_locked bigint;
     gone_sql text;
@@ -81,11 +81,6 @@ BEGIN
             USING ERRCODE = 'PB003', DETAIL = 'backfill_page reads at most page_size rows.',
                   HINT = 'Pass a page size of 1 or more.';
     END IF;
-    IF kinds IS NULL THEN
-        RAISE EXCEPTION 'pubctl: unknown backfill source %', source
-            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
-                  HINT = 'Use `pubctl backfill topics|questions|all`.';
-    END IF;
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'pubctl: a backfill page must run at READ COMMITTED, not %',
                 current_setting('transaction_isolation')
@@ -94,7 +89,7 @@ BEGIN
                            'snapshot older than the locks would enqueue stale payloads.',
                   HINT = 'Run the page in a READ COMMITTED transaction (pubctl does).';
     END IF;
-    PERFORM pub.require_source_shape(source);
+    kinds := pub.require_source(source);
 
     -- 1. The page's bounds, unlocked.
     EXECUTE format(

@@ -16,7 +16,7 @@
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 -- Like backfill, verify reads only the projected columns, checks their types first
--- (pub.require_source_shape), and runs with row-level security off: it must see every
+-- (pub.require_source), and runs with row-level security off: it must see every
 -- row, and never run code of the table owner's making as the operator.
 CREATE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
     RETURNS TABLE (kind text, source_id bigint, category text, pending boolean, detail text[])
@@ -26,14 +26,8 @@ CREATE FUNCTION pub.verify_range(source text, lo bigint, hi bigint)
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    kinds text[] := pub.source_kinds(source);
+    kinds text[] := pub.require_source(source);
 BEGIN
-    IF kinds IS NULL THEN
-        RAISE EXCEPTION 'pubctl: unknown verify source %', source
-            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
-                  HINT = 'Use `pubctl verify --kind topic|question|explanation`.';
-    END IF;
-    PERFORM pub.require_source_shape(source);
 
     RETURN QUERY EXECUTE format($q$
         WITH rows AS MATERIALIZED (
@@ -100,12 +94,7 @@ CREATE FUNCTION pub.source_page_bound(
     SET row_security = off
 AS $$
 BEGIN
-    IF pub.source_kinds(source) IS NULL THEN
-        RAISE EXCEPTION 'pubctl: unknown source %', source
-            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
-                  HINT = 'Pass study_topic or study_question.';
-    END IF;
-    PERFORM pub.require_source_shape(source);
+    PERFORM pub.require_source(source);
     EXECUTE format(
         'SELECT count(*)::integer, max(id)::bigint FROM '
         '(SELECT t.id FROM %I.%I AS t WHERE t.id > $1 ORDER BY t.id LIMIT $2) AS page',
@@ -126,14 +115,8 @@ CREATE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
 AS $$
 DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
-    kinds text[] := pub.source_kinds(source);
+    kinds text[] := pub.require_source(source);
 BEGIN
-    IF kinds IS NULL THEN
-        RAISE EXCEPTION 'pubctl: unknown source %', source
-            USING ERRCODE = 'PB003', DETAIL = 'Sources are study_topic and study_question.',
-                  HINT = 'Pass study_topic or study_question.';
-    END IF;
-    PERFORM pub.require_source_shape(source);
     RETURN QUERY EXECUTE format($q$
         WITH rows AS MATERIALIZED (
             SELECT %3$s FROM %1$I.%2$I AS r WHERE r.id > $1 AND ($2 IS NULL OR r.id <= $2)

@@ -380,3 +380,13 @@ def test_start_up_failures_are_one_line(
     assert len(result.err.strip().splitlines()) == 1
     with app_db.connect() as conn:
         conn.execute("DROP SCHEMA pub; DROP ROLE feed_nogrant")
+
+
+def test_start_up_refuses_a_database_at_another_revision(
+    capsys: pytest.CaptureFixture[str], pub_db: Database
+) -> None:
+    for version, code, words in (("9999", 4, "newer pubctl"), ("0007", 3, "before 0.1.0")):
+        with pub_db.connect() as conn:
+            conn.execute("UPDATE pub.alembic_version SET version_num = %s", (version,))
+        result = run_inprocess(capsys, "--database-url", pub_db.url, "serve", "--port", "0")
+        assert result.code == code and words in result.err, result
