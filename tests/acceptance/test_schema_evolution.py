@@ -89,7 +89,7 @@ def test_projection_change_end_to_end(
     with pub_db.connect() as conn:
         conn.execute(V2_SQL)
     monkeypatch.setattr(projection, "question_items", v2_question_items)
-    monkeypatch.setattr("pubctl.verify.question_items", v2_question_items)
+    monkeypatch.setitem(projection.ITEMS_OF_TABLE, "study_question", v2_question_items)
 
     result = run_inprocess(
         capsys, "--database-url", pub_db.url, "verify", "--json", "--limit-report", "100"
