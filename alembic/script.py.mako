@@ -1,10 +1,13 @@
 """${message}
 
+Its SQL is frozen beside it: NNNN_name.up.sql and NNNN_name.down.sql (write both; see
+README.md, "Writing a migration").
+
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 """
 
-from pubctl.migrations.frozen import run_frozen
+from pubctl.migrate import run_frozen
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}

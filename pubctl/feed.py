@@ -1,8 +1,9 @@
 """Reading the feed as JSON lines (``pubctl feed``).
 
 A reader needs nothing but USAGE on schema pub and EXECUTE on ``pub.feed`` and
-``pub.feed_id``: this module calls those two functions and nothing else (no revision
-table, which a reader may not read). ``--follow`` waits for the applier's
+``pub.feed_id``: this module reads the feed through those two functions, and checks the
+revision only where the role may read it (an operator's may, a reader's need not: those
+functions keep their signatures). ``--follow`` waits for the applier's
 ``pubctl_published`` notification (or polls), and survives a database restart the way
 the worker does: it reconnects with backoff and goes on from its cursor, unless the
 published state it was reading was replaced meanwhile (another feed identity).
@@ -140,6 +141,7 @@ def follow(
     while not should_stop():
         try:
             with db.connect(url, autocommit=True) as conn:
+                check_revision(conn, where)
                 current = feed_id(conn, where)
                 if identity is not None and current != identity:
                     raise FeedReset(

@@ -134,7 +134,7 @@ def migrate(
     on_step: Callable[[str], None] | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     attempts: int = DEFAULT_LOCK_ATTEMPTS,
-    drop_published_state: bool = True,
+    drop_published_state: bool = False,
 ) -> MigrationRun:
     """Upgrade or downgrade pubctl's schema to ``revision`` ("head", "base" or an id).
 

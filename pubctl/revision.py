@@ -24,8 +24,9 @@ CONTENT_REVISION = "0100"
 # database at one of these is named as such, rather than as one from a newer pubctl.
 PRE_RELEASE = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
 PRE_RELEASE_HINT = (
-    "remove it with the pubctl that installed it (`pubctl migrate --revision base "
-    "--drop-published-state`), then run `pubctl migrate` and `pubctl backfill all`"
+    "remove it with the pubctl that installed it (`pubctl migrate --revision base`, adding "
+    "`--drop-published-state` if it asks), then run `pubctl migrate` and "
+    "`pubctl backfill all`"
 )
 
 Conn = psycopg.Connection[Any]

@@ -17,7 +17,12 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def _find(inside_package: str, in_checkout: str, marker: str) -> Path:
-    for folder in (_PACKAGE / inside_package, _PACKAGE.parent / in_checkout):
+    candidates = [_PACKAGE / inside_package]
+    # Beside the package only in a checkout: installed, the folder beside it would be
+    # another distribution's (site-packages/alembic is the Alembic library).
+    if (_PACKAGE.parent / "pyproject.toml").is_file():
+        candidates.append(_PACKAGE.parent / in_checkout)
+    for folder in candidates:
         if (folder / marker).is_file():
             return folder
     raise PubctlError(

@@ -66,8 +66,8 @@ SELECT pg_catalog.to_regclass('pub.settings') IS NOT NULL;
 SELECT (SELECT count(*) FROM pub.content), (SELECT last_rev FROM pub.rev_counter);
 
 -- name: feed_identity
--- The feed identity right after a migration (NULL at revisions before it existed).
-SELECT pg_catalog.to_jsonb(r) ->> 'feed_id' FROM pub.rev_counter AS r;
+-- The feed identity right after a migration.
+SELECT feed_id::text FROM pub.rev_counter;
 
 -- name: sample_schema_exists
 SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s);

@@ -49,6 +49,7 @@ DROP FUNCTION
     pub.source_shape_violation(text),
     pub.topic_canonical(bigint,text,integer,timestamp with time zone),
     pub.topic_is_live(timestamp with time zone),
+    pub.unknown_lock(text),
     pub.unpublished_write_allowed(),
     pub.verify_range(text,bigint,bigint);
 

@@ -17,20 +17,36 @@ REVOKE ALL ON SCHEMA pub FROM PUBLIC;
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
+CREATE FUNCTION pub.unknown_lock(name text) RETURNS bigint
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pubctl: unknown advisory lock %', name
+        USING ERRCODE = 'PB003', DETAIL = 'pub.lock_key knows every lock pubctl takes.',
+              HINT = 'Add the lock to pub.lock_key (in a migration) before taking it.';
+END;
+$$;
+
 -- The advisory locks pubctl takes, by name. The keys are "pubctl" in ASCII followed by
 -- a number, unlikely to collide with an application's own. (The migration lock, taken
 -- before schema pub exists, is the one key defined elsewhere: sql/queries.sql.)
 CREATE FUNCTION pub.lock_key(name text) RETURNS bigint
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT CASE name
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN CASE name
         WHEN 'applier' THEN 8103491283817594882                 -- one apply batch at a time
         WHEN 'worker' THEN 8103491283817594883                  -- held shared by every worker
         WHEN 'backfill:study_topic' THEN 8103491283817594884    -- one backfill per table
         WHEN 'backfill:study_question' THEN 8103491283817594885
         WHEN 'unpublished_writers' THEN 8103491283817594886     -- wrote while publishing was off
+        -- A NULL key would make every pg_advisory_* call a silent no-op.
+        ELSE pub.unknown_lock(name)
     END;
 END;
+$$;
 
 -- The sessions holding (or waiting for) one of those locks in this database.
 CREATE FUNCTION pub.lock_holders(name text)
@@ -293,7 +309,7 @@ END;
 -- can rename a column and add another of the same name and any type later. A type of
 -- the owner's making could carry an implicit cast or an operator, which would then run
 -- inside capture with the capture functions' rights; built-in types carry only
--- built-in casts and operators. (pubctl.source.SOURCES is the same registry in Python;
+-- built-in casts and operators. (pubctl.sources.SOURCES is the same registry in Python;
 -- a test holds the two equal.)
 CREATE FUNCTION pub.source_columns(source text)
     RETURNS TABLE (column_name text, allowed_types regtype[])
@@ -456,7 +472,8 @@ END;
 
 -- What backfill and verify check before each page: the source is one pubctl knows
 -- (PB003), and its projected columns have types the projection accepts, read from the
--- catalog (PB004). Returns the kinds the source publishes.
+-- catalog (PB004). Returns the kinds the source publishes. Only the columns: the key,
+-- partitions and inheritance are `pubctl migrate`'s and pub.capture_problems' checks.
 CREATE FUNCTION pub.require_source(source text) RETURNS text[]
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp

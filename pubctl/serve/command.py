@@ -44,13 +44,17 @@ def check_database(url: str) -> str:
     """Fail before listening when the database is unreachable, lacks a grant, or is not
     at this pubctl's revision. Returns the head revision."""
     from pubctl import db, revision
-    from pubctl.feed import as_feed_reader
+    from pubctl.feed import as_feed_reader, check_revision
     from pubctl.queries import query
 
     where = db.describe(url)
-    with db.connect(url, autocommit=True) as conn, as_feed_reader(where, READER_GRANTS):
-        # pub.health, which a reader may execute: the version table is the operator's.
-        row = conn.execute(query("serve_health")).fetchone()
+    with db.connect(url, autocommit=True) as conn:
+        # The version table, when the role may read it (an operator's role): it names a
+        # database from another pubctl even where pub.health does not exist.
+        check_revision(conn, where)
+        with as_feed_reader(where, READER_GRANTS):
+            # pub.health, which a reader may execute.
+            row = conn.execute(query("serve_health")).fetchone()
     return revision.check(str(row[0]) if row and row[0] is not None else None, where)
 
 

@@ -173,7 +173,7 @@ END;
 -- can rename a column and add another of the same name and any type later. A type of
 -- the owner's making could carry an implicit cast or an operator, which would then run
 -- inside capture with the capture functions' rights; built-in types carry only
--- built-in casts and operators. (pubctl.source.SOURCES is the same registry in Python;
+-- built-in casts and operators. (pubctl.sources.SOURCES is the same registry in Python;
 -- a test holds the two equal.)
 CREATE FUNCTION pub.source_columns(source text)
     RETURNS TABLE (column_name text, allowed_types regtype[])
@@ -336,7 +336,8 @@ END;
 
 -- What backfill and verify check before each page: the source is one pubctl knows
 -- (PB003), and its projected columns have types the projection accepts, read from the
--- catalog (PB004). Returns the kinds the source publishes.
+-- catalog (PB004). Returns the kinds the source publishes. Only the columns: the key,
+-- partitions and inheritance are `pubctl migrate`'s and pub.capture_problems' checks.
 CREATE FUNCTION pub.require_source(source text) RETURNS text[]
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp

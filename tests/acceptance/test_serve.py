@@ -388,5 +388,7 @@ def test_start_up_refuses_a_database_at_another_revision(
     for version, code, words in (("9999", 4, "newer pubctl"), ("0007", 3, "before 0.1.0")):
         with pub_db.connect() as conn:
             conn.execute("UPDATE pub.alembic_version SET version_num = %s", (version,))
+            if version == "0007":
+                conn.execute("DROP FUNCTION pub.health()")  # as at that revision
         result = run_inprocess(capsys, "--database-url", pub_db.url, "serve", "--port", "0")
         assert result.code == code and words in result.err, result

@@ -131,7 +131,7 @@ def test_feed_id_is_fixed_while_the_published_state_lives(pub_db: Database) -> N
     migrate.migrate(pub_db.url)  # a no-op migrate keeps it
     with pub_db.connect() as conn:
         assert conn.execute("SELECT pub.feed_id()").fetchone() == (first,)
-    migrate.migrate(pub_db.url, "base")
+    migrate.migrate(pub_db.url, "base", drop_published_state=True)
     migrate.migrate(pub_db.url)
     with pub_db.connect() as conn:
         (second,) = conn.execute("SELECT pub.feed_id()").fetchone()

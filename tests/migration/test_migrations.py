@@ -49,7 +49,7 @@ def test_up_down_up_keeps_application_rows(app_db: Database) -> None:
         assert migrate.current_revision(conn) == migrate.head_revision()
         migrated = snapshot(conn)
 
-        migrate.migrate(app_db.url, "base")
+        migrate.migrate(app_db.url, "base", drop_published_state=True)
         assert migrate.current_revision(conn) is None
         assert not _pub_schema_exists(conn), "base must remove schema pub entirely"
         assert _app_state(conn) == before
@@ -73,7 +73,7 @@ def test_each_revision_steps_up_and_down(app_db: Database) -> None:
         with app_db.connect() as conn:
             assert migrate.current_revision(conn) == rev
             assert snapshot(conn) == on_the_way_up[rev], f"down to {rev} differs from up"
-    migrate.migrate(app_db.url, "base")
+    migrate.migrate(app_db.url, "base", drop_published_state=True)
     with app_db.connect() as conn:
         assert not _pub_schema_exists(conn)
 
@@ -173,7 +173,7 @@ def test_other_app_schema_is_recorded(empty_db: Database) -> None:
     with empty_db.connect() as conn:
         assert conn.execute("SELECT app_schema::text FROM pub.settings").fetchone() == ("study",)
     # Later runs use the recorded schema without being told again.
-    migrate.migrate(empty_db.url, "base")
+    migrate.migrate(empty_db.url, "base", drop_published_state=True)
     migrate.migrate(empty_db.url, app_schema="study")
 
 
@@ -184,7 +184,7 @@ def test_database_migrated_by_newer_pubctl_is_refused(pub_db: Database) -> None:
     with pytest.raises(SchemaNewerError):
         migrate.migrate(pub_db.url)
     with pytest.raises(SchemaNewerError):
-        migrate.migrate(pub_db.url, "base")
+        migrate.migrate(pub_db.url, "base", drop_published_state=True)
     with pub_db.connect() as conn:
         assert snapshot(conn) == before
 
@@ -193,7 +193,7 @@ def test_base_refuses_to_drop_foreign_objects_in_pub(pub_db: Database) -> None:
     with pub_db.connect() as conn:
         conn.execute("CREATE TABLE pub.someone_elses (x int)")
     with pytest.raises(PubctlError, match=r"cannot drop schema pub"):
-        migrate.migrate(pub_db.url, "base")
+        migrate.migrate(pub_db.url, "base", drop_published_state=True)
     with pub_db.connect() as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
 
@@ -249,7 +249,7 @@ def test_upgrade_from_every_revision_with_data_then_down(app_db: Database, start
         assert captured == [("topic", 1)], "capture works after the upgrade"
         conn.execute("SELECT pub.apply_batch(100)")
         conn.execute("DELETE FROM study_topic WHERE id = 3")
-    migrate.migrate(app_db.url, "base")
+    migrate.migrate(app_db.url, "base", drop_published_state=True)
     with app_db.connect() as conn:
         assert not _pub_schema_exists(conn)
         assert _app_state(conn)[0] == before[0], (

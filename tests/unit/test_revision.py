@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from pubctl import migrate, revision, shipped
 from pubctl.errors import NotMigratedError, SchemaNewerError
@@ -30,3 +36,18 @@ def test_shipped_folders_are_found() -> None:
     assert (shipped.sql_folder() / "queries.sql").is_file()
     assert (shipped.migrations_folder() / "env.py").is_file()
     assert sorted(p.name for p in (shipped.sql_folder() / "schema").glob("*.sql"))
+
+
+def test_a_new_revision_from_the_template_loads(tmp_path: Path) -> None:
+    """`alembic revision` with pubctl's template writes a script Alembic can load, on top
+    of the head."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(shipped.migrations_folder(), folder)
+    config = Config()
+    config.set_main_option("script_location", str(folder))
+    command.revision(config, message="next change", rev_id="0101")
+    script = ScriptDirectory(str(folder))
+    assert script.get_current_head() == "0101"
+    new = script.get_revision("0101")
+    assert new is not None and new.down_revision == revision.HEAD
+    assert new.module.run_frozen is migrate.run_frozen
