@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test unit lint format bench soak demo clean
+.PHONY: install test unit lint format revision bench soak demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# A new migration script from alembic/script.py.mako, on top of the head:
+#   make revision ID=0101 NAME=add_exam_label
+revision: $(STAMP)
+	@test -n "$(ID)" -a -n "$(NAME)" || { echo "usage: make revision ID=0101 NAME=what_it_does" >&2; exit 2; }
+	$(BIN)/python -c "import sys; from alembic import command; from alembic.config import Config; \
+		c = Config(); c.set_main_option('script_location', 'alembic'); \
+		command.revision(c, message=sys.argv[2], rev_id=sys.argv[1])" "$(ID)" "$(NAME)"
 
 # The bench extra (matplotlib) draws bench/write_path.png after the scenarios.
 bench: $(STAMP)

@@ -1,5 +1,6 @@
-"""Alembic, wired for pubctl: its scripts ship in the package, its version table lives
-in schema ``pub``, and every run is one transaction under an advisory lock.
+"""Alembic, wired for pubctl: its scripts are ``alembic/`` in a checkout and
+``pubctl/migrations`` in an installed wheel (found by :mod:`pubctl.shipped`), its version
+table lives in schema ``pub``, and every run is one transaction under an advisory lock.
 
 The whole run (every step up or down) is a single transaction: a failure anywhere
 leaves the database exactly as it was.
@@ -41,7 +42,7 @@ DEFAULT_APP_SCHEMA = "public"
 
 
 def script_directory() -> ScriptDirectory:
-    """Alembic's view of the migration scripts shipped inside the package."""
+    """Alembic's view of the migration scripts (:func:`pubctl.shipped.migrations_folder`)."""
     return ScriptDirectory(str(migrations_folder()))
 
 

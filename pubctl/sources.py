@@ -2,10 +2,11 @@
 
 This is the one place that knows, on the Python side, which tables exist, which kinds
 each publishes, which columns the projection reads (with the types it accepts) and the
-name a backfill uses for it. Adding a kind or a projected column touches this module,
-the SQL projection (``sql/schema/20_projection.sql``, which holds the same columns in
-``pub.source_columns``; a test holds the two equal), the Python reference projection
-(``pubctl/projection.py``) and a migration, and nothing else.
+name a backfill uses for it. The SQL side holds the same columns in
+``pub.source_columns`` (``sql/schema/20_projection.sql``; a test holds the two equal).
+Adding a kind or a projected column also touches the SQL projection and capture, the
+Python reference projection and a migration: docs/operations.md, "Changing a payload",
+lists every place.
 
 Liveness is each row's own: a row is live while ``deleted_at`` is NULL; a question's
 explanation is live while the question is and ``explanation_status`` is 'ready'.

@@ -1,4 +1,4 @@
-"""The schema the migrations build equals the schema ``sql/schema.sql`` describes."""
+"""The schema the migrations build equals the schema ``sql/schema/*.sql`` describes."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A normalised description of everything pubctl owns in a database, for comparing the
-schema the migrations build with the schema ``sql/schema.sql`` describes."""
+schema the migrations build with the schema ``sql/schema/*.sql`` describes."""
 
 from __future__ import annotations
 
