@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+
+from pubctl import migrate
+from pubctl.backfill import Backfill, Options
 
 from support.db import Database
 from support.serve import Served, reader_url
@@ -23,16 +27,24 @@ def load_consumer() -> Any:
     )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defining
     spec.loader.exec_module(module)
     return module
+
+
+def _grant_viewer(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("GRANT USAGE ON SCHEMA pub TO docs_viewer")
+    conn.execute(
+        "GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]), pub.feed_id() TO docs_viewer"
+    )
 
 
 def test_viewer_example_follows_the_feed_with_the_two_grants(pub_db: Database) -> None:
     consumer = load_consumer()
     with pub_db.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS docs_viewer")
         conn.execute("CREATE ROLE docs_viewer LOGIN")
-        conn.execute("GRANT USAGE ON SCHEMA pub TO docs_viewer")
-        conn.execute("GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]) TO docs_viewer")
+        _grant_viewer(conn)
         conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'Anatomy'), (2, 'Gone')")
         conn.execute(
             "INSERT INTO study_question (id, topic_id, exam_name, exam_round, number, body, choices, explanation_status)"
@@ -40,19 +52,51 @@ def test_viewer_example_follows_the_feed_with_the_two_grants(pub_db: Database) -
         )
         conn.execute("SELECT pub.apply_batch(10000)")
     url = pub_db.url.replace("user=postgres", "user=docs_viewer")
-    state: dict[tuple[str, int], Any] = {}
-    cursor = consumer.sync(url, state)
-    assert len(state) == 2502
+    copy = consumer.Copy()
+    assert consumer.sync(url, copy) is False
+    assert len(copy.items) == 2502
     with pub_db.connect() as conn:
         conn.execute("UPDATE study_question SET deleted_at = now() WHERE id = 2")
         conn.execute("UPDATE study_topic SET deleted_at = now() WHERE id = 2")
         conn.execute("SELECT pub.apply_batch(10000)")
-    cursor = consumer.sync(url, state, cursor)
-    assert ("question", 2) not in state
-    assert consumer.questions_of_topic(state, 2) == []
-    assert len(consumer.questions_of_topic(state, 1)) == 1249  # question 2 was deleted
+    assert consumer.sync(url, copy) is False
+    assert ("question", 2) not in copy.items
+    assert consumer.questions_of_topic(copy, 2) == []
+    assert len(consumer.questions_of_topic(copy, 1)) == 1249  # question 2 was deleted
     with psycopg.connect(url) as viewer:
-        assert viewer.execute("SELECT max(rev) FROM pub.feed(0, 100000)").fetchone() == (cursor,)
+        assert viewer.execute("SELECT max(rev) FROM pub.feed(0, 100000)").fetchone() == (
+            copy.cursor,
+        )
+
+    # An operator replaces the published state: removed, installed again, republished
+    # with fewer items (a topic hard-deleted meanwhile). Revs start again from 1, so a
+    # cursor kept from before would skip them; the example notices the new identity.
+    migrate.migrate(pub_db.url, "base", drop_published_state=True)
+    with pub_db.connect() as conn:
+        conn.execute("DELETE FROM study_question WHERE topic_id = 2")
+        conn.execute("DELETE FROM study_topic WHERE id = 2")
+    migrate.migrate(pub_db.url)
+    with pub_db.connect() as conn:
+        _grant_viewer(conn)
+        Backfill(conn, Options()).run(["topics", "questions"])
+        conn.execute("SELECT pub.apply_batch(10000)")
+        expected = {
+            (kind, source_id): payload
+            for kind, source_id, payload in conn.execute(
+                "SELECT kind, source_id, payload FROM pub.content WHERE NOT deleted"
+            )
+        }
+    before = copy.feed_id
+    assert consumer.sync(url, copy) is True
+    assert copy.feed_id != before
+    assert copy.items == expected
+    assert ("topic", 2) not in copy.items and len(copy.items) == 1 + 1249
+    with pub_db.connect() as conn:
+        conn.execute("REVOKE ALL ON SCHEMA pub FROM docs_viewer")
+        conn.execute(
+            "REVOKE ALL ON FUNCTION pub.feed(bigint, integer, text[]), pub.feed_id() FROM docs_viewer"
+        )
+        conn.execute("DROP ROLE docs_viewer")
 
 
 def test_debezium_connector_names_real_outbox_columns(pub_db: Database) -> None:
