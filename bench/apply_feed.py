@@ -9,6 +9,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -50,37 +52,55 @@ def _ratio(a: list[float], b: list[float]) -> str:
     return f"{statistics.median(a) / statistics.median(b):.2f}x (min {rs[0]:.2f}, max {rs[-1]:.2f})"
 
 
-def _latency(url: str, writes: int = 1000) -> tuple[float, float]:
-    exe = str(Path(sys.executable).with_name("pubctl"))
+@contextmanager
+def running_worker(url: str) -> Iterator[None]:
+    """`pubctl worker` running beside the block, as a deployment runs it."""
     worker = subprocess.Popen(
-        [exe, "--database-url", url, "worker", "--poll-interval", "1"],
+        [
+            str(Path(sys.executable).with_name("pubctl")),
+            "--database-url",
+            url,
+            "worker",
+            "--poll-interval",
+            "1",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    samples: list[float] = []
     try:
-        time.sleep(1.0)
-        with (
-            psycopg.connect(url, autocommit=True) as writer,
-            psycopg.connect(url, autocommit=True) as reader,
-        ):
-            for n in range(writes):
-                writer.execute("UPDATE study_topic SET name = %s WHERE id = 1", (f"latency {n}",))
-                committed = time.perf_counter()
-                while True:
-                    row = reader.execute(
-                        "SELECT payload->>'name' FROM pub.feed("
-                        "(SELECT max(rev) - 1 FROM pub.content), 1, '{topic}')"
-                    ).fetchone()
-                    if row and row[0] == f"latency {n}":
-                        break
-                    time.sleep(0.0005)
-                samples.append(time.perf_counter() - committed)
+        time.sleep(1.0)  # connected and listening
+        yield
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(10)
-    samples.sort()
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    """The median and the 99th percentile."""
+    samples = sorted(samples)
     return samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
+
+
+def _latency(url: str, writes: int = 1000) -> tuple[float, float]:
+    samples: list[float] = []
+    with (
+        running_worker(url),
+        psycopg.connect(url, autocommit=True) as writer,
+        psycopg.connect(url, autocommit=True) as reader,
+    ):
+        for n in range(writes):
+            writer.execute("UPDATE study_topic SET name = %s WHERE id = 1", (f"latency {n}",))
+            committed = time.perf_counter()
+            while True:
+                row = reader.execute(
+                    "SELECT payload->>'name' FROM pub.feed("
+                    "(SELECT max(rev) - 1 FROM pub.content), 1, '{topic}')"
+                ).fetchone()
+                if row and row[0] == f"latency {n}":
+                    break
+                time.sleep(0.0005)
+            samples.append(time.perf_counter() - committed)
+    return p50_p99(samples)
 
 
 def _outbox_size(conn: psycopg.Connection[tuple[object, ...]]) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from apply_feed import p50_p99, running_worker
 
 from pubctl.migrate import migrate
 from pubctl.queries import query, read_sql_file
@@ -94,46 +95,36 @@ def _page_vs_psycopg(url: str, base: str, after: int) -> tuple[list[float], list
 
 
 def _latency(url: str, base: str, writes: int = 1000) -> tuple[float, float]:
-    worker = subprocess.Popen(
-        [EXE, "--database-url", url, "worker", "--poll-interval", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     samples: list[float] = []
-    try:
-        time.sleep(1.0)
-        with (
-            psycopg.connect(url, autocommit=True) as writer,
-            httpx.Client(base_url=base, timeout=60) as viewer,
-        ):
+    with (
+        running_worker(url),
+        psycopg.connect(url, autocommit=True) as writer,
+        httpx.Client(base_url=base, timeout=60) as viewer,
+    ):
+        after = viewer.get("/healthz").json()["last_rev"]
+        for n in range(writes):
+            name = f"latency {n}"
+            got: list[float] = []
+
+            def poll(cursor: int = after, want: str = name, got: list[float] = got) -> None:
+                while True:
+                    answer = viewer.get(
+                        "/published/feed", params={"after": cursor, "wait": 30}
+                    ).json()
+                    cursor = answer["next_after"]
+                    if any(i["payload"].get("name") == want for i in answer["items"]):
+                        got.append(time.perf_counter())
+                        return
+
+            poller = threading.Thread(target=poll)
+            poller.start()
+            time.sleep(0.002)  # the long-poll is held before the write
+            writer.execute("UPDATE study_topic SET name = %s WHERE id = 1", (name,))
+            committed = time.perf_counter()
+            poller.join(30)
+            samples.append(got[0] - committed)
             after = viewer.get("/healthz").json()["last_rev"]
-            for n in range(writes):
-                name = f"latency {n}"
-                got: list[float] = []
-
-                def poll(cursor: int = after, want: str = name, got: list[float] = got) -> None:
-                    while True:
-                        answer = viewer.get(
-                            "/published/feed", params={"after": cursor, "wait": 30}
-                        ).json()
-                        cursor = answer["next_after"]
-                        if any(i["payload"].get("name") == want for i in answer["items"]):
-                            got.append(time.perf_counter())
-                            return
-
-                poller = threading.Thread(target=poll)
-                poller.start()
-                time.sleep(0.002)  # the long-poll is held before the write
-                writer.execute("UPDATE study_topic SET name = %s WHERE id = 1", (name,))
-                committed = time.perf_counter()
-                poller.join(30)
-                samples.append(got[0] - committed)
-                after = viewer.get("/healthz").json()["last_rev"]
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(10)
-    samples.sort()
-    return samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
+    return p50_p99(samples)
 
 
 async def _get(host: str, port: int, target: str) -> tuple[int, float]:

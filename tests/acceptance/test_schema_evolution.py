@@ -1,9 +1,10 @@
-"""Changing a projection (schema_version 2), end to end: the procedure in
+"""Changing a projection (schema_version 2): the publishing half of the procedure in
 docs/operations.md, "Changing a payload".
 
-The example change adds "exam_label" to the question payload. The new revision would
-replace pub.question_canonical and pub.schema_version(); the new pubctl release would
-change the Python reference the same way. Then: verify reports old-schema (and stale)
+The example change adds "exam_label" to the question payload, from columns pubctl
+already reads. The SQL a new revision would carry (pub.question_canonical and
+pub.schema_version() replaced) is run directly, and the Python reference is swapped the
+way the new pubctl release would change it. Then: verify reports old-schema (and stale)
 items, a backfill republishes, the applier gives new revs only to items whose payload
 really changed, and verify is clean again.
 """
@@ -29,6 +30,9 @@ CREATE OR REPLACE FUNCTION pub.question_canonical(
 BEGIN ATOMIC
     SELECT CASE
         WHEN NOT pub.question_is_live(deleted_at) THEN NULL
+        WHEN NOT (pub.is_json_safe_integer(question_id) AND pub.is_json_safe_integer(topic_id))
+            THEN pub.payload_rule_violation('question', question_id,
+                                            'id and topic_id must be within +-(2^53-1)')
         ELSE '{"answer":' || pub.json_integer(answer)
             || ',"body":' || pub.json_string(body)
             || ',"choices":' || COALESCE(pub.json_string_array(choices),
