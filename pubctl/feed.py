@@ -142,23 +142,26 @@ def follow(
         try:
             with db.connect(url, autocommit=True) as conn:
                 check_revision(conn, where)
-                current = feed_id(conn, where)
-                if identity is not None and current != identity:
-                    raise FeedReset(
-                        f"the published state of {where} was replaced while following it "
-                        f"(feed_id {identity} is now {current})",
-                        hint="start again from `--after 0`",
-                    )
-                identity = current
+                identity = _same_state(conn, where, identity)
                 conn.execute(query("listen_published"))
                 if down_since is not None:
                     log.warning("reconnected after %.1fs", time.monotonic() - down_since)
                     down_since = None
                 backoff = 0.5
                 while not should_stop():
-                    for rev, line in pages(conn, cursor, None, kinds):
-                        emit(line)
-                        cursor = rev
+                    while True:
+                        with as_feed_reader(where):
+                            page = list(pages(conn, cursor, PAGE_SIZE, kinds))
+                        # Checked after the page is read, before any of it is emitted:
+                        # the state can be dropped and created again behind a connection
+                        # that stays open, and its revs start again from 1, so a page
+                        # read with the old cursor would mix two states.
+                        _same_state(conn, where, identity)
+                        for rev, line in page:
+                            emit(line)
+                            cursor = rev
+                        if len(page) < PAGE_SIZE:
+                            break
                     _wait(conn, poll_interval, should_stop)
         except (psycopg.OperationalError, db.ConnectError) as exc:
             if down_since is None:
@@ -169,6 +172,18 @@ def follow(
             while time.monotonic() < deadline and not should_stop():
                 time.sleep(0.05)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _same_state(conn: Conn, where: str, identity: str | None) -> str:
+    """The current feed identity, or FeedReset when it is not ``identity`` (None: any)."""
+    current = feed_id(conn, where)
+    if identity is not None and current != identity:
+        raise FeedReset(
+            f"the published state of {where} was replaced while following it "
+            f"(feed_id {identity} is now {current})",
+            hint="start again from `--after 0`",
+        )
+    return current
 
 
 def _wait(conn: Conn, seconds: float, should_stop: Callable[[], bool]) -> None:

@@ -312,3 +312,35 @@ def test_init_sample_schema_needs_only_create_on_the_schema(app_db: Database) ->
         result = run_subprocess("--database-url", role_url(app_db, role), "init-sample-schema")
         assert result.code == 0, result
         made.admin.execute("DROP TABLE study_question, study_topic")
+
+
+def test_feed_follow_stops_when_the_state_is_replaced_behind_its_connection(
+    pub_db: Database,
+) -> None:
+    """The follower's connection stays open while an operator drops the published state
+    and installs it again; the new state's revs start from 1 again, below the follower's
+    cursor. It must stop, naming the reset, and print nothing of the new state."""
+    seed_rows(pub_db, questions=5, publishing=True)
+    assert pubctl(pub_db, "apply").code == 0
+    follower = spawn(
+        pub_db.url, "feed", "--follow", "--poll-interval", "600",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert follower.stdout is not None
+    try:
+        before = [json.loads(follower.stdout.readline()) for _ in range(3 + 5 + 5)]
+        assert [line["rev"] for line in before] == list(range(1, 14))
+        assert pubctl(pub_db, "migrate", "--revision", "base", "--drop-published-state").code == 0
+        assert pubctl(pub_db, "migrate").code == 0
+        with pub_db.connect() as conn:
+            for n in range(20):  # more revs than the follower's cursor
+                conn.execute("UPDATE study_topic SET name = %s WHERE id = 1", (f"new {n}",))
+                conn.execute("SELECT pub.apply_batch(10)")  # notifies: the follower wakes
+        out, err = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == 3, err
+    assert "was replaced while following it" in err and "--after 0" in err, err
+    assert out == "", "nothing of the new state is printed after an old cursor"
