@@ -24,30 +24,42 @@ class Copy:
     feed_id: str | None = None
 
 
+# The identity and one page in one statement, so both come from one snapshot: a page can
+# never be taken for part of a state it does not belong to. An empty page is one row
+# with the identity and NULL item columns.
+PAGE = """
+SELECT i.feed_id::text, f.rev, f.kind, f.source_id, f.payload, f.deleted
+FROM (SELECT pub.feed_id() AS feed_id) AS i
+LEFT JOIN LATERAL pub.feed(%s, %s) AS f ON true
+ORDER BY f.rev
+"""
+
+
 def sync(url: str, copy: Copy, page: int = 1000) -> bool:
     """Apply every change after ``copy.cursor``. Returns True when the published state
     was replaced since the last sync: the copy was then dropped and rebuilt from rev 0."""
+    reset = False
     with psycopg.connect(url, autocommit=True) as conn:
-        # The identity is read before the pages: if the state is replaced while they
-        # are read, the next sync sees an identity it does not know and starts again.
-        (feed_id,) = conn.execute("SELECT pub.feed_id()::text").fetchone() or (None,)
-        reset = copy.feed_id is not None and feed_id != copy.feed_id
-        if feed_id != copy.feed_id:
-            copy.items.clear()
-            copy.cursor = 0
-            copy.feed_id = feed_id
         while True:
-            rows = conn.execute(
-                "SELECT rev, kind, source_id, payload, deleted FROM pub.feed(%s, %s)",
-                (copy.cursor, page),
-            ).fetchall()
-            for rev, kind, source_id, payload, deleted in rows:
+            rows = conn.execute(PAGE, (copy.cursor, page)).fetchall()
+            feed_id = rows[0][0]
+            if feed_id != copy.feed_id:
+                # Another published state: its revs have nothing to do with the cursor.
+                reset = reset or copy.feed_id is not None
+                read_from_start = copy.cursor == 0
+                copy.items.clear()
+                copy.cursor = 0
+                copy.feed_id = feed_id
+                if not read_from_start:
+                    continue  # read again from rev 0 of the state now current
+            items = [row[1:] for row in rows if row[1] is not None]
+            for rev, kind, source_id, payload, deleted in items:
                 if deleted:
                     copy.items.pop((kind, source_id), None)  # a tombstone: the item is gone
                 else:
                     copy.items[(kind, source_id)] = payload  # the item's newest payload
                 copy.cursor = rev
-            if len(rows) < page:
+            if len(items) < page:
                 return reset
 
 
