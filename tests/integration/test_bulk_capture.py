@@ -112,6 +112,26 @@ BULK_EDITS = {
         " FROM generate_series(1, 2600) g"
         " ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body"
     ),
+    "insert, skipping the ids that exist": (
+        "INSERT INTO study_question (id, topic_id, body, choices, explanation, explanation_status)"
+        " SELECT g, 1, 'New ' || g, '[\"a\"]', 'Because ' || g, 'ready'"
+        " FROM generate_series(1, 3500) g ON CONFLICT DO NOTHING"
+    ),
+    "merge: delete, update and insert in one statement": (
+        "MERGE INTO study_question AS q"
+        " USING (SELECT g AS id FROM generate_series(1, 2600) g) AS s ON q.id = s.id"
+        " WHEN MATCHED AND q.id % 3 = 0 THEN DELETE"
+        " WHEN MATCHED THEN UPDATE SET body = q.body || ' (merged)'"
+        " WHEN NOT MATCHED THEN INSERT (id, topic_id, body, choices, explanation,"
+        " explanation_status) VALUES (s.id, 1, 'Merged ' || s.id, '[\"a\"]', 'e', 'ready')"
+    ),
+    "move rows with a writable CTE": (
+        "WITH moved AS (DELETE FROM study_question WHERE id <= 1200 RETURNING *)"
+        " INSERT INTO study_question (id, topic_id, exam_name, exam_round, number, body,"
+        " choices, answer, explanation, explanation_status)"
+        " SELECT id + 50000, topic_id, exam_name, exam_round, number, body, choices, answer,"
+        " explanation, explanation_status FROM moved"
+    ),
 }
 
 
@@ -120,6 +140,21 @@ def test_bulk_edit_in_one_statement(
     pub_db: Database, conn: psycopg.Connection, statement: str
 ) -> None:
     assert_capture(conn, statement)
+    assert_clean(pub_db)
+
+
+def test_copy_is_captured_like_insert(pub_db: Database, conn: psycopg.Connection) -> None:
+    conn.execute("DELETE FROM pub.outbox")
+    before = reference(conn)
+    with conn.cursor().copy(
+        "COPY study_question (id, topic_id, body, choices, explanation, explanation_status)"
+        " FROM STDIN"
+    ) as copy:
+        for n in range(3001, 4501):
+            copy.write_row((n, 1 + n % 4, f"Copied {n}", '["a"]', f"Because {n}", "ready"))
+    expected = expected_rows(before, reference(conn))
+    assert len(expected) == 2 * 1500
+    assert outbox(conn) == expected
     assert_clean(pub_db)
 
 
