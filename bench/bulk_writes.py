@@ -6,7 +6,7 @@ round rolled back so that every round edits the same rows.
 Paths measured: an UPDATE of projected columns (with the outbox as the applier leaves
 it, freshly truncated, and holding ten times the table's rows unapplied; and per row at
 a tenth of the rows against all of them), an upsert (INSERT ... ON CONFLICT DO UPDATE),
-a soft delete and a hard DELETE of every row."""
+a MERGE, a COPY of new rows, a soft delete and a hard DELETE of every row."""
 
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ WHERE wanted AND ({keep});
 """
 
 OUTBOX_COLUMNS = "kind, source_id, payload, payload_hash, schema_version, deleted"
+
+MERGE = (
+    "MERGE INTO study_question AS q USING bench_keys AS k ON q.id = k.id"
+    " WHEN MATCHED THEN UPDATE SET body = q.body || ' (edited)', explanation = q.explanation || '!'"
+)
 
 
 def _timed(conn: psycopg.Connection[tuple[object, ...]], statements: list[str]) -> float:
@@ -125,6 +130,26 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
                 ).encode()
             )
         conn.execute("CREATE TABLE bench_pre_delete AS SELECT * FROM bench_pre_soft_delete")
+        # COPY of as many new rows, from a file the server reads (and pubctl's rows for
+        # them, precomputed); MERGE keyed by a list of ids.
+        conn.execute(
+            f"CREATE TABLE bench_copied AS SELECT id + {rows} AS id, topic_id, exam_name,"
+            " exam_round, number, body, choices, answer, explanation, explanation_status,"
+            " deleted_at FROM bench_bare"
+        )
+        # Written and read by the server itself, in its data directory.
+        row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+        copy_file = f"{row[0] if row else ''}/bench_bulk_writes.copy"
+        conn.execute(f"COPY bench_copied ({COLUMNS}) TO '{copy_file}'".encode())
+        copy = f"COPY study_question ({COLUMNS}) FROM '{copy_file}'"
+        conn.execute(
+            PRECOMPUTE.format(
+                name="copy", body="body", explanation="explanation", deleted_at="NULL", keep="true"
+            )
+            .replace("FROM bench_bare", "FROM bench_copied")
+            .encode()
+        )
+        conn.execute("CREATE TABLE bench_keys AS SELECT id FROM bench_bare")
         conn.execute("VACUUM ANALYZE")
         tenth = max(1, rows // 10)
         upsert = (
@@ -160,6 +185,10 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
             ),
             "edit tenth": [f"UPDATE study_question SET {EDIT} WHERE id <= {tenth}"],
             "upsert floor": upsert_floor,
+            "merge floor": _floor(MERGE, "bench_pre_edit"),
+            "merge": [MERGE],
+            "copy floor": _floor(copy, "bench_pre_copy"),
+            "copy": [copy],
             "upsert": [upsert],
             "soft delete floor": _floor(
                 "UPDATE study_question SET deleted_at = now()", "bench_pre_soft_delete"
@@ -201,6 +230,8 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
             f"{statistics.median(per_row):.2f}x (min {min(per_row):.2f}, max {max(per_row):.2f})",
         ),
         (f"upsert of {rows} rows / floor", r("drained: upsert", "drained: upsert floor")),
+        (f"MERGE updating {rows} rows / floor", r("drained: merge", "drained: merge floor")),
+        (f"COPY of {rows} new rows / floor", r("drained: copy", "drained: copy floor")),
         (
             f"soft delete of {rows} rows / floor",
             r("drained: soft delete", "drained: soft delete floor"),
