@@ -99,26 +99,32 @@ END;
 
 -- Called by capture when its snapshot says publishing is off, before it skips a write.
 --
--- The write is skipped only if the switch has not moved since that snapshot (a
--- REPEATABLE READ transaction that began before `pubctl enable` keeps seeing "off"
--- for the rest of its life; it must publish instead: extra outbox rows are harmless,
--- missing ones are lost changes). The transaction is then marked, with a shared
--- advisory lock held until it ends, as one that wrote without publishing:
--- `pubctl enable` and the first page of a backfill wait for every such transaction,
--- so a backfill always sees their writes. The mark is taken before the epoch is read:
--- an `enable` that commits after the read finds the mark and waits for it.
+-- The transaction is first marked, with a shared advisory lock held until it ends, as
+-- one that writes without publishing: `pubctl enable` and the first page of a backfill
+-- wait for every such transaction, so a backfill always sees their writes. Then the
+-- switch is read again, and the write is skipped only if it is still off and has not
+-- moved since (the epoch is the sequence's latest):
+-- * an `enable` that commits after this read finds the mark and waits for it;
+-- * one that committed before it is seen here, under READ COMMITTED, as "on", although
+--   the caller's earlier read said "off": the write is published (enable did not wait
+--   for it, so skipping it would lose it);
+-- * a REPEATABLE READ transaction that began before `enable` keeps seeing "off" for the
+--   rest of its life, but the epoch has moved: it publishes too.
+-- Extra outbox rows are harmless; missing ones are lost changes.
 CREATE FUNCTION pub.unpublished_write_allowed() RETURNS boolean
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    still_off boolean;
     seen bigint;
     latest bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(pub.lock_key('unpublished_writers'));
-    SELECT s.publishing_epoch INTO seen FROM pub.settings AS s;
+    SELECT NOT s.publishing_enabled, s.publishing_epoch INTO still_off, seen
+    FROM pub.settings AS s;
     SELECT e.last_value INTO latest FROM pub.publishing_epoch AS e;
-    RETURN seen IS NOT DISTINCT FROM latest;
+    RETURN still_off IS TRUE AND seen IS NOT DISTINCT FROM latest;
 END;
 $$;
 

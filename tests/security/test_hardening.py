@@ -276,6 +276,45 @@ def test_enable_and_backfill_wait_for_a_transaction_that_wrote_while_off(app: Ap
     ).fetchone() == ("written while off",)
 
 
+def test_enable_committing_while_a_writer_marks_itself_does_not_lose_its_write(
+    app: App,
+) -> None:
+    """READ COMMITTED: the writer's capture reads "off", then `enable` commits, then the
+    writer marks itself and reads the switch again. Enable found no mark and did not
+    wait, so the second read must see "on" and publish, or the write is lost: no outbox
+    row, and a backfill that already passed the row never comes back to it."""
+    assert app.pubctl("disable").code == 0
+    admin = app.admin()
+    with app.db.connect() as gatekeeper:
+        gatekeeper.autocommit = False
+        # Holding the marker lock exclusively stops the writer's capture right after it
+        # read "off" and before it marks itself (pub.unpublished_write_allowed).
+        gatekeeper.execute("SELECT pg_advisory_xact_lock(pub.lock_key('unpublished_writers'))")
+        done = threading.Event()
+
+        def write() -> None:
+            with app.writer() as writer:
+                writer.execute("UPDATE study_topic SET name = 'during enable' WHERE id = 3")
+            done.set()
+
+        writer_thread = threading.Thread(target=write)
+        writer_thread.start()
+        deadline = time.monotonic() + 10
+        while not admin.execute(
+            "SELECT count(*) FROM pub.lock_holders('unpublished_writers') WHERE NOT granted"
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "the writer never reached the marker"
+            time.sleep(0.02)
+        # `enable` commits while the writer waits: it sees no writer to wait for.
+        admin.execute("SELECT pub.set_publishing(true)")
+        gatekeeper.rollback()
+        writer_thread.join(10)
+        assert done.is_set()
+    assert admin.execute(
+        "SELECT payload ->> 'name' FROM pub.outbox WHERE kind = 'topic' AND source_id = 3"
+    ).fetchall() == [("during enable",)], "the write was skipped with publishing on"
+
+
 def test_repeatable_read_transaction_from_before_enable_still_publishes(app: App) -> None:
     assert app.pubctl("disable").code == 0
     with app.writer(autocommit=False) as rr:

@@ -45,9 +45,10 @@ def test_a_new_revision_from_the_template_loads(tmp_path: Path) -> None:
     shutil.copytree(shipped.migrations_folder(), folder)
     config = Config()
     config.set_main_option("script_location", str(folder))
-    command.revision(config, message="next change", rev_id="0101")
+    next_id = f"{int(revision.HEAD) + 1:04d}"
+    command.revision(config, message="next change", rev_id=next_id)
     script = ScriptDirectory(str(folder))
-    assert script.get_current_head() == "0101"
-    new = script.get_revision("0101")
+    assert script.get_current_head() == next_id
+    new = script.get_revision(next_id)
     assert new is not None and new.down_revision == revision.HEAD
     assert new.module.run_frozen is migrate.run_frozen
