@@ -76,7 +76,7 @@ def _page_vs_psycopg(url: str, base: str, after: int) -> tuple[list[float], list
             start = time.perf_counter()
             for cursor in cursors:
                 params = {"after_rev": cursor, "max_rows": PAGE + 1, "kinds": None}
-                rows = conn.execute(query("serve_feed_page"), params).fetchall()
+                rows = conn.execute(query("feed_page_with_identity"), params).fetchall()
                 items = [row[1:] for row in rows if row[1] is not None]
                 bodies.append(Page(str(rows[0][0]), cursor, items[:PAGE], len(items) > PAGE).body)
             direct = time.perf_counter() - start

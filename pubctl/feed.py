@@ -142,7 +142,6 @@ def follow(
         try:
             with db.connect(url, autocommit=True) as conn:
                 check_revision(conn, where)
-                identity = _same_state(conn, where, identity)
                 conn.execute(query("listen_published"))
                 if down_since is not None:
                     log.warning("reconnected after %.1fs", time.monotonic() - down_since)
@@ -150,13 +149,7 @@ def follow(
                 backoff = 0.5
                 while not should_stop():
                     while True:
-                        with as_feed_reader(where):
-                            page = list(pages(conn, cursor, PAGE_SIZE, kinds))
-                        # Checked after the page is read, before any of it is emitted:
-                        # the state can be dropped and created again behind a connection
-                        # that stays open, and its revs start again from 1, so a page
-                        # read with the old cursor would mix two states.
-                        _same_state(conn, where, identity)
+                        identity, page = _page_of_state(conn, where, identity, cursor, kinds)
                         for rev, line in page:
                             emit(line)
                             cursor = rev
@@ -174,16 +167,32 @@ def follow(
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
-def _same_state(conn: Conn, where: str, identity: str | None) -> str:
-    """The current feed identity, or FeedReset when it is not ``identity`` (None: any)."""
-    current = feed_id(conn, where)
+def _page_of_state(
+    conn: Conn, where: str, identity: str | None, after_rev: int, kinds: Sequence[str] | None
+) -> tuple[str, list[tuple[int, str]]]:
+    """The feed identity and one page after ``after_rev``, read in one statement; or
+    FeedReset when the identity is not ``identity`` (None: any). The state can be dropped
+    and created again behind a connection that stays open, with revs starting again from
+    1: a page read with the old cursor must not be taken for part of the old state."""
+    with as_feed_reader(where):
+        rows = conn.execute(
+            query("feed_page_with_identity"),
+            {
+                "after_rev": after_rev,
+                "max_rows": PAGE_SIZE,
+                "kinds": list(kinds) if kinds else None,
+            },
+        ).fetchall()
+    current = str(rows[0][0])
     if identity is not None and current != identity:
         raise FeedReset(
             f"the published state of {where} was replaced while following it "
             f"(feed_id {identity} is now {current})",
             hint="start again from `--after 0`",
         )
-    return current
+    return current, [
+        (int(str(row[1])), to_json_line(row[1:])) for row in rows if row[1] is not None
+    ]
 
 
 def _wait(conn: Conn, seconds: float, should_stop: Callable[[], bool]) -> None:

@@ -237,10 +237,12 @@ SELECT count(*) FROM pub.outbox WHERE kind = ANY (%(kinds)s);
 -- name: set_lock_timeout
 SELECT pg_catalog.set_config('lock_timeout', %(ms)s, true);
 
--- name: serve_feed_page
--- `pubctl serve`: the feed identity and one page in one round trip. The identity comes
--- first and always (an empty page is one row with NULL item columns), so a long-poll
--- learns a changed feed_id without a second query. Payloads come as stored text (exact
+-- name: feed_page_with_identity
+-- `pubctl serve` and `pubctl feed --follow`: the feed identity and one page in one
+-- statement, so both come from one snapshot: a page is never taken for part of a
+-- published state it does not belong to. The identity comes first and always (an empty
+-- page is one row with NULL item columns), so a reader learns a changed feed_id without
+-- a second query. Payloads come as stored text (exact
 -- numbers); the server writes them out in RFC 8785 form.
 SELECT i.feed_id::text, f.rev, f.kind, f.pub_id::text, f.source_id, f.payload::text,
        f.payload_hash, f.schema_version, f.deleted

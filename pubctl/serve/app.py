@@ -148,7 +148,7 @@ class FeedServer:
         try:
             async with self.pool.connection(timeout=self.config.pool_timeout) as conn:
                 cur = await conn.execute(
-                    query("serve_feed_page"),
+                    query("feed_page_with_identity"),
                     {
                         "after_rev": params.after,
                         "max_rows": params.limit + 1,

@@ -278,3 +278,15 @@ def test_database_from_the_unreleased_history_is_refused_by_name(
     assert status.code != 0 and "unreleased history before 0.1.0" in status.err, status
     with pub_db.connect() as conn:
         assert snapshot(conn) == before
+
+
+def test_the_python_api_keeps_a_published_state_unless_told(pub_db: Database) -> None:
+    """`migrate(url, "base")` called from code (a deploy script, a fixture) refuses to
+    drop what viewers read, as the command does without --drop-published-state."""
+    with pub_db.connect() as conn:
+        conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'kept')")
+        conn.execute("SELECT pub.apply_batch(10)")
+    with pytest.raises(PubctlError, match="drops the published state"):
+        migrate.migrate(pub_db.url, "base")
+    with pub_db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pub.content").fetchone() == (1,)

@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from pubctl import migrate, revision, shipped
-from pubctl.errors import NotMigratedError, SchemaNewerError
+from pubctl.errors import NotMigratedError, PubctlError, SchemaNewerError
 
 
 def test_the_guard_knows_exactly_the_migration_scripts() -> None:
@@ -52,3 +52,19 @@ def test_a_new_revision_from_the_template_loads(tmp_path: Path) -> None:
     new = script.get_revision(next_id)
     assert new is not None and new.down_revision == revision.HEAD
     assert new.module.run_frozen is migrate.run_frozen
+
+
+def test_an_installed_package_never_takes_the_folder_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed, the package's neighbours are other distributions: site-packages/alembic
+    is the Alembic library, whose own files must never be taken for pubctl's scripts."""
+    site = tmp_path / "site-packages"
+    (site / "pubctl").mkdir(parents=True)
+    (site / "alembic").mkdir()
+    (site / "alembic" / "env.py").write_text("")  # looks like a migrations folder
+    monkeypatch.setattr(shipped, "_PACKAGE", site / "pubctl")
+    with pytest.raises(PubctlError, match="no migrations folder"):
+        shipped._find("migrations", "alembic", "env.py")
+    (site / "pyproject.toml").write_text("")  # now it is a checkout
+    assert shipped._find("migrations", "alembic", "env.py") == site / "alembic"
