@@ -3,12 +3,23 @@
 The database comes from ``--database-url``, else ``PUBCTL_DATABASE_URL``, else
 ``DATABASE_URL``, else the libpq environment (``PGHOST``, ``PGPORT``, ...): an empty
 conninfo string lets libpq read its environment by itself.
+
+Every session pubctl opens, synchronous or not (commands, the worker, the migrations,
+``serve``'s pool and listener, the demo), goes through :func:`session_kwargs`, which
+pins ``search_path`` to ``pg_catalog, pg_temp`` in the startup packet. An operator or
+function that a table owner plants in ``public``, in the application's schema or in a
+schema named after the connecting role (``"$user"``) is then never on the path, so
+it can never be picked over a built-in, whatever a query's casts or polymorphic calls
+leave open. Startup options outrank ``ALTER ROLE/DATABASE ... SET search_path``.
+``tests/unit/test_one_connect_path.py`` holds every other way of connecting out of the
+code.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import psycopg
 from psycopg import conninfo
@@ -17,6 +28,9 @@ from pubctl.errors import PubctlError
 
 APPLICATION_NAME = "pubctl"
 CONNECT_TIMEOUT_S = 10
+# Nobody but the superuser can write pg_catalog, and pg_temp is this session's own (and
+# is never searched for functions or operators).
+SEARCH_PATH = "pg_catalog,pg_temp"
 
 _URI_PASSWORD = re.compile(
     r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@/\s]*)(?P<tail>@)", re.I
@@ -95,20 +109,58 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+def session_options(url: str) -> str:
+    """The ``options`` startup parameter for ``url``: the user's own (from the URL, else
+    ``$PGOPTIONS``, which libpq would otherwise use) followed by pubctl's pinned search
+    path, which therefore wins over any ``-c search_path`` before it."""
+    try:
+        given = conninfo.conninfo_to_dict(url).get("options")
+    except psycopg.Error:
+        given = None
+    if given is None:
+        given = os.environ.get("PGOPTIONS", "")
+    pinned = "-c search_path=" + SEARCH_PATH
+    return f"{given} {pinned}".strip()
+
+
+def session_kwargs(url: str, *, application_name: str = APPLICATION_NAME) -> dict[str, Any]:
+    """Connection parameters for every session pubctl opens (see the module's doc)."""
+    return {
+        "application_name": application_name,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "options": session_options(url),
+    }
+
+
+def connection_failed(url: str, exc: BaseException) -> ConnectError:
+    """The one-line error for a connection that could not be opened."""
+    detail = " ".join(str(exc).split())
+    detail = detail.removeprefix("connection failed: ")
+    return ConnectError(
+        f"cannot connect to {describe(url)}: {mask(detail, url)}",
+        hint="check --database-url, PUBCTL_DATABASE_URL, DATABASE_URL or the PG* variables",
+    )
+
+
+def connect(
+    url: str, *, autocommit: bool = False, application_name: str = APPLICATION_NAME
+) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection, turning failures into a one-line ``PubctlError``."""
     validate_url(url)
     try:
         return psycopg.connect(
-            url,
-            autocommit=autocommit,
-            application_name=APPLICATION_NAME,
-            connect_timeout=CONNECT_TIMEOUT_S,
+            url, autocommit=autocommit, **session_kwargs(url, application_name=application_name)
         )
     except psycopg.OperationalError as exc:
-        detail = " ".join(str(exc).split())
-        detail = detail.removeprefix("connection failed: ")
-        raise ConnectError(
-            f"cannot connect to {describe(url)}: {mask(detail, url)}",
-            hint="check --database-url, PUBCTL_DATABASE_URL, DATABASE_URL or the PG* variables",
-        ) from None
+        raise connection_failed(url, exc) from None
+
+
+async def connect_async(
+    url: str, *, autocommit: bool = False, application_name: str = APPLICATION_NAME
+) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    """:func:`connect` for asyncio code (``serve``'s listener): the same session
+    parameters; connection failures are left to the caller, which retries them."""
+    validate_url(url)
+    return await psycopg.AsyncConnection.connect(
+        url, autocommit=autocommit, **session_kwargs(url, application_name=application_name)
+    )

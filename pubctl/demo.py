@@ -22,10 +22,15 @@ from pubctl import db
 from pubctl.queries import query
 from pubctl.throwaway import ThrowawayPostgres
 
+# The demo's own SQL plays the application; it still connects the way every pubctl
+# session does (pinned search path), so it names the application's tables with their
+# schema.
+DEMO_APP = "pubctl demo (the application)"
+
 BEFORE_INSTALL = """
-INSERT INTO study_topic (id, name, exam_round_size) VALUES
+INSERT INTO public.study_topic (id, name, exam_round_size) VALUES
     (1, 'Anatomy', 10), (2, 'Physiology', 8);
-INSERT INTO study_question (id, topic_id, exam_name, exam_round, number, body, choices,
+INSERT INTO public.study_question (id, topic_id, exam_name, exam_round, number, body, choices,
                             answer, explanation, explanation_status) VALUES
     (1, 1, 'Spring exam', 1, 1, 'Which bone is the longest?', '["femur","tibia","humerus"]',
      0, 'The femur is the longest bone.', 'ready'),
@@ -33,8 +38,8 @@ INSERT INTO study_question (id, topic_id, exam_name, exam_round, number, body, c
      1, NULL, 'draft'),
     (3, 2, 'Spring exam', 1, 1, 'Where is insulin made?', '["liver","pancreas"]',
      1, 'In the beta cells of the pancreas.', 'ready');
-SELECT setval(pg_get_serial_sequence('study_question', 'id'), 100);
-SELECT setval(pg_get_serial_sequence('study_topic', 'id'), 100);
+SELECT setval(pg_get_serial_sequence('public.study_question', 'id'), 100);
+SELECT setval(pg_get_serial_sequence('public.study_topic', 'id'), 100);
 """
 
 
@@ -72,7 +77,7 @@ class Demo:
 
     def sql(self, statement: str, params: dict[str, Any] | None = None) -> None:
         self.echo(click.style("SQL> " + " ".join(statement.split()), bold=True))
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with db.connect(self.url, autocommit=True, application_name=DEMO_APP) as conn:
             cur = conn.execute(statement, params)
             if cur.description:
                 names = [d.name for d in cur.description]
@@ -88,9 +93,9 @@ class Demo:
         """All steps; True when every command behaved as narrated."""
         self.say("The application's own tables, with rows that exist before pubctl is installed.")
         self.pubctl("init-sample-schema")
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with db.connect(self.url, autocommit=True, application_name=DEMO_APP) as conn:
             conn.execute(BEFORE_INSTALL.encode())
-        self.sql("SELECT id, topic_id, body, explanation_status FROM study_question ORDER BY id")
+        self.sql("SELECT id, topic_id, body, explanation_status FROM public.study_question ORDER BY id")
 
         self.say(
             "Install pubctl: schema pub, the outbox, the triggers. Publishing is on from now "
@@ -102,7 +107,7 @@ class Demo:
         self.say("A write. The trigger puts the question and its ready explanation into the outbox "
                  "in the writer's own transaction.")  # fmt: skip
         self.sql(
-            "INSERT INTO study_question (id, topic_id, exam_name, exam_round, number, body,"
+            "INSERT INTO public.study_question (id, topic_id, exam_name, exam_round, number, body,"
             " choices, answer, explanation, explanation_status) VALUES (4, 2, 'Spring exam',"
             " 1, 2, 'What does the heart pump?', '[\"blood\",\"air\"]', 0,"
             " 'Blood, through the body.', 'ready')"
@@ -114,17 +119,17 @@ class Demo:
         self.pubctl("feed")
 
         self.say("A write that changes no payload (updated_at) adds nothing to the outbox.")
-        self.sql("UPDATE study_question SET updated_at = now() WHERE id = 4")
+        self.sql("UPDATE public.study_question SET updated_at = now() WHERE id = 4")
         self.sql("SELECT count(*) AS outbox_rows FROM pub.outbox")
 
         self.say("An explanation becoming ready publishes it.")
-        self.sql("UPDATE study_question SET explanation = 'Twelve pairs.', "
+        self.sql("UPDATE public.study_question SET explanation = 'Twelve pairs.', "
                  "explanation_status = 'ready' WHERE id = 2")  # fmt: skip
         self.pubctl("apply")
         self.pubctl("feed", "--after", "2")
 
         self.say("A soft delete publishes tombstones for the question and its explanation.")
-        self.sql("UPDATE study_question SET deleted_at = now() WHERE id = 4")
+        self.sql("UPDATE public.study_question SET deleted_at = now() WHERE id = 4")
         self.pubctl("apply")
         self.pubctl("feed", "--after", "3")
 
@@ -195,7 +200,7 @@ class Demo:
             poll = threading.Thread(target=lambda: woken.append(get(target)))
             poll.start()
             time.sleep(1.0)
-            self.sql("UPDATE study_topic SET name = 'Anatomy and histology' WHERE id = 1")
+            self.sql("UPDATE public.study_topic SET name = 'Anatomy and histology' WHERE id = 1")
             self.pubctl("apply")
             poll.join(30)
             if not woken or not woken[0]["items"]:
@@ -214,7 +219,7 @@ def _database_name() -> str:
 
 
 def _new_database(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as admin:
+    with db.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL(query("create_demo_database")).format(name=sql.Identifier(name)))
     params = conninfo.conninfo_to_dict(server_url)
     params["dbname"] = name
@@ -222,7 +227,7 @@ def _new_database(server_url: str, name: str) -> str:
 
 
 def _drop_database(server_url: str, name: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as admin:
+    with db.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL(query("drop_demo_database")).format(name=sql.Identifier(name)))
 
 

@@ -261,11 +261,11 @@ class ThrowawayPostgres:
                 pass
         except OSError:
             return False
-        import psycopg
+        from pubctl import db
 
         try:
-            psycopg.connect(self.url, connect_timeout=2).close()
-        except psycopg.OperationalError:
+            db.connect(self.url).close()
+        except db.ConnectError:
             return False
         return True
 

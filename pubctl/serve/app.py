@@ -99,8 +99,7 @@ class FeedServer:
                 open=False,
                 kwargs={
                     "autocommit": True,
-                    "application_name": "pubctl serve",
-                    "connect_timeout": db.CONNECT_TIMEOUT_S,
+                    **db.session_kwargs(config.url, application_name="pubctl serve"),
                 },
                 check=AsyncConnectionPool.check_connection,
                 reconnect_timeout=POOL_RECONNECT_TIMEOUT_S,

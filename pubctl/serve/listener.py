@@ -114,11 +114,8 @@ class Listener:
                 await task
 
     async def _listen(self) -> None:
-        async with await psycopg.AsyncConnection.connect(
-            self.url,
-            autocommit=True,
-            application_name="pubctl serve listener",
-            connect_timeout=db.CONNECT_TIMEOUT_S,
+        async with await db.connect_async(
+            self.url, autocommit=True, application_name="pubctl serve listener"
         ) as conn:
             await conn.execute(query("listen_published"))
             self.connected = True
