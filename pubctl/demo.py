@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psycopg
 from psycopg import conninfo, sql
 
 from pubctl import db
@@ -95,7 +94,9 @@ class Demo:
         self.pubctl("init-sample-schema")
         with db.connect(self.url, autocommit=True, application_name=DEMO_APP) as conn:
             conn.execute(BEFORE_INSTALL.encode())
-        self.sql("SELECT id, topic_id, body, explanation_status FROM public.study_question ORDER BY id")
+        self.sql(
+            "SELECT id, topic_id, body, explanation_status FROM public.study_question ORDER BY id"
+        )
 
         self.say(
             "Install pubctl: schema pub, the outbox, the triggers. Publishing is on from now "

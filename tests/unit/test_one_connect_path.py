@@ -46,7 +46,10 @@ def _allowed(path: Path, owner: str, name: str) -> bool:
         return True  # the one place that connects
     if name == "connect" and owner in {"db", "self"}:
         return True  # db.connect; socket probes are not sessions
-    if relative == "migrate.py" and (name, owner) in {("create_engine", "sqlalchemy"), ("connect", "engine")}:
+    if relative == "migrate.py" and (name, owner) in {
+        ("create_engine", "sqlalchemy"),
+        ("connect", "engine"),
+    }:
         return True  # the engine's creator is db.connect (checked below)
     if name == "AsyncConnectionPool" and relative == "serve/app.py":
         return True  # its kwargs come from db.session_kwargs (checked below)
@@ -73,7 +76,11 @@ def test_the_pool_and_the_engine_take_their_sessions_from_pubctl_db() -> None:
     ("url", "env", "expected"),
     [
         ("", None, "-c search_path=pg_catalog,pg_temp"),
-        ("", "-c statement_timeout=5s", "-c statement_timeout=5s -c search_path=pg_catalog,pg_temp"),
+        (
+            "",
+            "-c statement_timeout=5s",
+            "-c statement_timeout=5s -c search_path=pg_catalog,pg_temp",
+        ),
         (
             "postgresql://u@h/d?options=-c%20search_path%3Dpublic",
             "-c work_mem=1MB",
