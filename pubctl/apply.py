@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 
+from pubctl.errors import PubctlError
+from pubctl.holders import LockHolder
 from pubctl.queries import query
 
 DEFAULT_BATCH_SIZE = 1000
@@ -62,10 +64,23 @@ class ApplyTotals:
         )
 
 
+class ApplierBusy(PubctlError):
+    """Another apply batch held the applier's lock for longer than pub.apply_batch waits."""
+
+
 def apply_batch(conn: psycopg.Connection[tuple[object, ...]], batch_size: int) -> BatchResult:
     """Apply one batch in its own transaction (``conn`` must be in autocommit mode)."""
-    with conn.cursor(row_factory=class_row(BatchResult)) as cur:
-        result = cur.execute(query("apply_batch"), {"batch_size": batch_size}).fetchone()
+    try:
+        with conn.cursor(row_factory=class_row(BatchResult)) as cur:
+            result = cur.execute(query("apply_batch"), {"batch_size": batch_size}).fetchone()
+    except psycopg.errors.LockNotAvailable:
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(query("applier_holders")).fetchall()
+        names = "; ".join(LockHolder.from_row(r).describe() for r in rows) or "(it just ended)"
+        raise ApplierBusy(
+            f"another apply batch held the applier's lock for 10s: {names}",
+            hint="an applier stuck inside a batch: end that session (pg_terminate_backend)",
+        ) from None
     assert result is not None
     return result
 

@@ -183,10 +183,12 @@ class Backfill:
         )  # fmt: skip
 
     def _one(self, source: str) -> SourceResult:
-        row = self.conn.execute(query("backfill_lock"), {"source": source}).fetchone()
+        with self.conn.transaction():
+            row = self.conn.execute(query("backfill_lock"), {"source": source}).fetchone()
         if not row or not row[0]:
+            holder = f" (pid {row[1]})" if row and row[1] is not None else ""
             raise PubctlError(
-                f"another backfill of {source} is running on this database",
+                f"another backfill of {source} is running on this database{holder}",
                 hint="wait for it to finish, or stop it and use --resume",
             )
         opts = self.options

@@ -8,9 +8,9 @@ The triggers themselves are SQL (``sql/schema/40_capture.sql``); this module hol
 * :func:`set_publishing`: the switch;
 * :func:`wait_for_unpublished_writers`: the barrier ``enable`` and a backfill's first
   page pass, the way ``CREATE INDEX CONCURRENTLY`` waits for older transactions. A
-  transaction that skipped capture because publishing was off holds a shared advisory
-  lock until it ends; the barrier waits until none is left, so that a backfill started
-  afterwards sees every write they made.
+  transaction that skipped capture because publishing was off holds
+  ``pub.unpublished_writers`` ROW EXCLUSIVE until it ends; the barrier waits until none
+  is left, so that a backfill started afterwards sees every write they made.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 
 from pubctl.errors import PubctlError
+from pubctl.holders import LockHolder
 from pubctl.queries import query
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -79,34 +80,15 @@ def set_publishing(conn: Conn, enabled: bool) -> None:
         conn.execute(query("set_publishing"), {"enabled": enabled})
 
 
-@dataclass(frozen=True)
-class UnpublishedWriter:
-    """An open transaction that wrote while publishing was off."""
-
-    pid: int
-    usename: str | None
-    application_name: str | None
-    state: str | None
-    open_for_s: float | None
-
-    def describe(self) -> str:
-        """One line: pid, role, application, and what is visible of its state."""
-        parts = [f"pid {self.pid}"]
-        if self.usename:
-            parts.append(f"role {self.usename}")
-        if self.application_name:
-            parts.append(f"application {self.application_name!r}")
-        if self.state:
-            parts.append(self.state)
-        if self.open_for_s is not None:
-            parts.append(f"open {float(self.open_for_s):.0f}s")
-        return ", ".join(parts)
+# An open transaction that wrote while publishing was off.
+UnpublishedWriter = LockHolder
 
 
 def unpublished_writers(conn: Conn) -> list[UnpublishedWriter]:
     """The open transactions that wrote while publishing was off."""
-    with conn.cursor(row_factory=class_row(UnpublishedWriter)) as cur:
-        return cur.execute(query("unpublished_writers")).fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("unpublished_writers")).fetchall()
+    return [LockHolder.from_row(r) for r in rows]
 
 
 class WaitInterrupted(PubctlError):

@@ -1,6 +1,7 @@
 """Alembic, wired for pubctl: its scripts are ``alembic/`` in a checkout and
 ``pubctl/migrations`` in an installed wheel (found by :mod:`pubctl.shipped`), its version
-table lives in schema ``pub``, and every run is one transaction under an advisory lock.
+table lives in schema ``pub``, and every run is one transaction holding a lock on that
+table (one that only a role with a privilege on it can take: see ``migrate_lock``).
 
 The whole run (every step up or down) is a single transaction: a failure anywhere
 leaves the database exactly as it was.
@@ -25,6 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from pubctl import db, sources
 from pubctl.errors import MissingSourceError, PubctlError, SchemaNewerError
+from pubctl.holders import LockHolder
 from pubctl.queries import query
 from pubctl.revision import (
     CONTENT_REVISION,
@@ -38,6 +40,10 @@ PUB_SCHEMA = "pub"
 DEFAULT_LOCK_TIMEOUT_S = 2.0
 DEFAULT_LOCK_ATTEMPTS = 5
 LOCK_NOT_AVAILABLE = "55P03"
+# Two first installs at once: the second one's CREATE ... IF NOT EXISTS of schema pub
+# or its version table can still collide with the first's; it tries again and finds
+# the work done.
+RETRIED_SQLSTATES = {LOCK_NOT_AVAILABLE, "23505", "42P06", "42P07"}
 DEFAULT_APP_SCHEMA = "public"
 
 
@@ -162,17 +168,18 @@ def migrate(
             break
         except (sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
             orig = getattr(exc, "orig", None) or exc
-            if getattr(orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            if getattr(orig, "sqlstate", None) not in RETRIED_SQLSTATES:
                 raise PubctlError(
                     f"migration failed, nothing was changed: {_one_line(orig)}"
                 ) from None
             run.steps.clear()
             if attempt == attempts:
                 raise PubctlError(
-                    f"could not lock the application's tables within {lock_timeout_s:g}s, "
-                    f"{attempts} times; nothing was changed",
-                    hint="a long transaction holds them: find it in pg_stat_activity, or retry "
-                    "with a larger --lock-timeout when writes can wait that long",
+                    f"could not lock pubctl's version table and the application's tables "
+                    f"within {lock_timeout_s:g}s, {attempts} times; nothing was changed; "
+                    f"held by: {_lock_blockers(url, app_schema)}",
+                    hint="end those transactions (or COMMIT/ROLLBACK PREPARED the prepared "
+                    "ones), or retry with a larger --lock-timeout when writes can wait that long",
                 ) from None
             pause = min(0.5 * 2 ** (attempt - 1), 10.0)
             if on_step is not None:
@@ -189,6 +196,26 @@ def migrate(
             row = conn.execute(query("feed_identity")).fetchone()
             run.feed_id = str(row[0]) if row and row[0] is not None else None
     return run
+
+
+def _lock_blockers(url: str, app_schema: str | None) -> str:
+    """The sessions holding locks a migration waits for, one phrase each."""
+    try:
+        with db.connect(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(
+                query("lock_blockers"),
+                {
+                    "schema": app_schema or DEFAULT_APP_SCHEMA,
+                    "tables": [s.table for s in sources.SOURCES],
+                },
+            ).fetchall()
+    except (PubctlError, psycopg.Error):
+        return "(could not be read)"
+    if not rows:
+        return "(nobody any more)"
+    return "; ".join(
+        f"{LockHolder.from_row(r).describe()} ({r['mode']} on {r['relation']})" for r in rows
+    )
 
 
 def _run_alembic(
@@ -239,10 +266,12 @@ def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> No
     ``pubctl migrate`` waits here and then finds the work already done.
     """
     raw = _driver_connection(connection)
-    raw.execute(query("migrate_lock"))
-    # Only now, with the migration lock held: a concurrent `pubctl migrate` waits above
-    # for as long as this one runs, but locks on the application's tables are bounded.
+    # Every lock this run waits for is bounded: a concurrent `pubctl migrate` or a long
+    # transaction makes the attempt fail with 55P03, and migrate() retries, then names
+    # the sessions in the way.
     raw.execute(query("set_lock_timeout"), {"ms": f"{attributes['lock_timeout_ms']}ms"})
+    raw.execute(query("create_pub_schema"))
+    raw.execute(query("migrate_lock"))
     before = current_revision(raw)
     if before in PRE_RELEASE:
         raise PubctlError(
@@ -281,7 +310,8 @@ def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> No
                 hint="create them with the application's own migrations "
                 "(or `pubctl init-sample-schema` for a demo), then migrate again",
             )
-    raw.execute(query("create_pub_schema"))
+        if before is None:
+            raw.execute(query("prepare_capture_role"))
 
 
 def run_frozen(migration_file: str, direction: str) -> None:
@@ -314,6 +344,8 @@ def _driver_connection(connection: sqlalchemy.Connection) -> psycopg.Connection[
 
 def finish(connection: sqlalchemy.Connection) -> None:
     """At base, remove the version table and schema ``pub`` too: nothing of ours stays.
+    Otherwise set pub's privileges to the documented ones
+    (``pub.revoke_undocumented_grants``).
 
     The schema is dropped without CASCADE: if something pubctl did not create lives in
     it, the whole downgrade fails and rolls back instead of destroying it.
@@ -321,3 +353,10 @@ def finish(connection: sqlalchemy.Connection) -> None:
     raw = _driver_connection(connection)
     if current_revision(raw) is None:
         raw.execute(query("drop_pub_schema"))
+        return
+    raw.execute(query("revoke_capture_create"))
+    # Every run, even one with nothing to upgrade, leaves pub's privileges as documented,
+    # whatever default privileges or a grant by hand added.
+    row = raw.execute(query("has_privilege_reset")).fetchone()
+    if row and row[0]:
+        raw.execute(query("revoke_undocumented_grants"))

@@ -26,7 +26,8 @@ def report(conn: psycopg.Connection[Any], where: str) -> dict[str, Any]:
     problems = [p for p in capture.problems(conn) if not p.is_switch]
     with conn.cursor(row_factory=dict_row) as cur:
         numbers = cur.execute(query("status_publishing")).fetchone()
-    assert numbers is not None
+        two_phase = cur.execute(query("prepared_transactions")).fetchone()
+    assert numbers is not None and two_phase is not None
 
     def seconds(name: str) -> float | None:
         value = numbers[name]
@@ -53,6 +54,8 @@ def report(conn: psycopg.Connection[Any], where: str) -> dict[str, Any]:
         "workers_running": int(numbers["workers"]),
         "worker_last_active_s": seconds("worker_last_active_s"),
         "applier_busy": bool(numbers["applying"]),
+        "max_prepared_transactions": int(two_phase["max_prepared"]),
+        "prepared_transactions": int(two_phase["prepared_now"]),
     }
 
 
@@ -87,6 +90,14 @@ def render(report: dict[str, Any]) -> str:
         f"workers:         {report['workers_running']} running"
         + (", applying now" if report["applier_busy"] else ""),
     ]
+    if report["max_prepared_transactions"] > 0:
+        # Information, not a capture problem: see operations.md, "Applications that use
+        # PREPARE TRANSACTION".
+        lines.append(
+            f"two-phase:       allowed (max_prepared_transactions = "
+            f"{report['max_prepared_transactions']}, {report['prepared_transactions']} prepared "
+            "now); writers that PREPARE TRANSACTION need pubctl.notify = off"
+        )
     return "\n".join(lines)
 
 

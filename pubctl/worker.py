@@ -115,16 +115,20 @@ def run(
                 backoff = 0.5
                 log.info("worker started on %s (batch size %d)", db.describe(url), batch_size)
                 while not stop():
-                    totals = apply.drain(
-                        conn,
-                        batch_size,
-                        should_stop=stop,
-                        on_batch=lambda r: log.debug(
-                            "batch: %d rows, %d changed, %d unchanged, %d dropped",
-                            r.consumed, r.changed, r.unchanged, r.dropped,
-                        ),
-                    )  # fmt: skip
-                    summary.add(totals)
+                    try:
+                        totals = apply.drain(
+                            conn,
+                            batch_size,
+                            should_stop=stop,
+                            on_batch=lambda r: log.debug(
+                                "batch: %d rows, %d changed, %d unchanged, %d dropped",
+                                r.consumed, r.changed, r.unchanged, r.dropped,
+                            ),
+                        )  # fmt: skip
+                        summary.add(totals)
+                    except apply.ApplierBusy as busy:
+                        # Another applier is wedged inside a batch: keep polling.
+                        log.warning("%s", busy)
                     _wait_for_notify(conn, poll_interval, stop)
         except (psycopg.OperationalError, db.ConnectError) as exc:
             if not connected_once:

@@ -37,20 +37,22 @@ SELECT pub.set_publishing(%(enabled)s) AS epoch;
 
 -- name: unpublished_writers_lock
 -- Waits until no transaction that wrote while publishing was off is still open: each
--- holds this key shared until it ends (pub.unpublished_write_allowed). Run with a
--- lock_timeout; released at once.
-SELECT pg_catalog.pg_advisory_xact_lock(pub.lock_key('unpublished_writers'));
+-- holds pub.unpublished_writers ROW EXCLUSIVE until it ends
+-- (pub.unpublished_write_allowed). Run with a lock_timeout; released at once.
+LOCK TABLE pub.unpublished_writers IN SHARE MODE;
 
 -- name: unpublished_writers
--- The sessions still holding that key: open transactions that wrote while publishing
--- was off. Their state and start are visible with pg_read_all_stats (pg_monitor) or to
--- their own role.
-SELECT l.pid, a.usename::text AS usename, a.application_name, a.state,
-       EXTRACT(EPOCH FROM pg_catalog.now() - a.xact_start) AS open_for_s
+-- The sessions still holding that lock: open transactions that wrote while publishing
+-- was off, and prepared ones (no session: named by gid). Their state and start are
+-- visible with pg_read_all_stats (pg_monitor) or to their own role.
+SELECT l.pid, l.gid, COALESCE(a.usename::text, x.owner::text) AS usename,
+       a.application_name, a.state,
+       EXTRACT(EPOCH FROM pg_catalog.now() - COALESCE(a.xact_start, x.prepared)) AS open_for_s
 FROM pub.lock_holders('unpublished_writers') AS l
 LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
-WHERE l.granted AND l.mode = 'ShareLock'
-ORDER BY l.pid;
+LEFT JOIN pg_catalog.pg_prepared_xacts AS x ON x.gid = l.gid
+WHERE l.granted AND l.mode = 'RowExclusiveLock'
+ORDER BY l.pid, l.gid;
 
 -- name: read_committed
 SET default_transaction_isolation = 'read committed';
@@ -88,9 +90,77 @@ CREATE DATABASE {name};
 DROP DATABASE IF EXISTS {name} WITH (FORCE);
 
 -- name: migrate_lock
--- Serialises `pubctl migrate` runs. Taken before schema pub exists, so its key is
--- written here rather than in pub.lock_key: "pubctl" in ASCII followed by 0001.
-SELECT pg_catalog.pg_advisory_xact_lock(8103491283817594881);
+-- Serialises `pubctl migrate` runs: a lock on pubctl's own version table, which only
+-- a role with a privilege on it can take (an advisory lock could be taken by anyone).
+-- Created here, exactly as Alembic would, so that the very first run can lock it too;
+-- run under the migration's lock_timeout.
+CREATE TABLE IF NOT EXISTS pub.alembic_version (
+    version_num VARCHAR(32) NOT NULL,
+    CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
+);
+LOCK TABLE pub.alembic_version IN SHARE ROW EXCLUSIVE MODE;
+
+-- name: lock_blockers
+-- Who holds a lock that `pubctl migrate` waits for: on pubctl's version table or on
+-- the application's tables (sessions, and prepared transactions by gid).
+SELECT l.pid, x.gid, COALESCE(a.usename::text, x.owner::text) AS usename,
+       a.application_name, a.state,
+       EXTRACT(EPOCH FROM pg_catalog.now() - COALESCE(a.xact_start, x.prepared)) AS open_for_s,
+       l.relation::pg_catalog.regclass::text AS relation, l.mode
+FROM pg_catalog.pg_locks AS l
+LEFT JOIN pg_catalog.pg_locks AS t
+       ON l.pid IS NULL AND t.pid IS NULL AND t.locktype = 'transactionid'
+      AND t.virtualtransaction = l.virtualtransaction
+LEFT JOIN pg_catalog.pg_prepared_xacts AS x ON x.transaction = t.transactionid
+LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.granted
+  AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                    WHERE d.datname = pg_catalog.current_database())
+  AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
+  AND l.relation IN (SELECT c.oid FROM pg_catalog.pg_class AS c
+                     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                     WHERE (n.nspname = 'pub' AND c.relname = 'alembic_version')
+                        OR (n.nspname = %(schema)s
+                            AND c.relname = ANY (%(tables)s::text[])))
+ORDER BY l.pid;
+
+-- name: prepare_capture_role
+-- Before a first install: the role the capture functions will belong to exists (when
+-- this role may create it), and may own functions in schema pub for the length of this
+-- run (PostgreSQL 15 wants CREATE on the schema of a function's new owner); the grant
+-- is revoked again at the end of the run (revoke_capture_create).
+DO $prepare$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.rolname = 'pubctl_capture') THEN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                       WHERE r.rolname = CURRENT_USER AND (r.rolsuper OR r.rolcreaterole)) THEN
+            RETURN;
+        END IF;
+        BEGIN
+            CREATE ROLE pubctl_capture NOLOGIN NOINHERIT;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- another database's migration created it meanwhile
+        END;
+    END IF;
+    GRANT CREATE ON SCHEMA pub TO pubctl_capture;
+END;
+$prepare$;
+
+-- name: revoke_capture_create
+DO $revoke$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.rolname = 'pubctl_capture')
+       AND EXISTS (SELECT FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'pub') THEN
+        REVOKE CREATE ON SCHEMA pub FROM pubctl_capture;
+    END IF;
+END;
+$revoke$;
+
+-- name: has_privilege_reset
+SELECT pg_catalog.to_regprocedure('pub.revoke_undocumented_grants()') IS NOT NULL;
+
+-- name: revoke_undocumented_grants
+SELECT pub.revoke_undocumented_grants();
 
 -- name: set_migration_app_schema
 SELECT pg_catalog.set_config('pubctl.app_schema', %(app_schema)s, true);
@@ -117,9 +187,9 @@ FROM pub.feed(%(after_rev)s, %(max_rows)s, %(kinds)s);
 SELECT pub.feed_id()::text;
 
 -- name: worker_presence_lock
--- Held (session level, shared) by every running `pubctl worker`, so that status can
--- count them.
-SELECT pg_catalog.pg_advisory_lock_shared(pub.lock_key('worker'));
+-- A lease held by every running `pubctl worker` for its session, so that status can
+-- count them (sql/schema/15_locks.sql).
+SELECT taken FROM pub.take_lease('worker', false);
 
 -- name: listen_outbox
 LISTEN pubctl_outbox;
@@ -171,8 +241,23 @@ SELECT
        AND l.pid <> pg_catalog.pg_backend_pid()) AS oldest_open_writer_age_s;
 
 -- name: backfill_lock
--- One backfill per source table at a time (session level, released on disconnect).
-SELECT pg_catalog.pg_try_advisory_lock(pub.lock_key('backfill:' || %(source)s));
+-- One backfill per source table at a time: a lease for this session, released on
+-- disconnect (sql/schema/15_locks.sql). holder: the session of the running one.
+SELECT taken, holder FROM pub.take_lease('backfill:' || %(source)s, true);
+
+-- name: applier_holders
+-- The sessions an apply batch waits behind.
+SELECT l.pid, a.usename::text AS usename, a.application_name, a.state
+FROM pub.lock_holders('applier') AS l
+LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.granted;
+
+-- name: prepared_transactions
+-- Whether this server allows two-phase commit, and how many prepared transactions of
+-- this database wait for COMMIT/ROLLBACK PREPARED (information for status).
+SELECT pg_catalog.current_setting('max_prepared_transactions')::integer AS max_prepared,
+       (SELECT count(*) FROM pg_catalog.pg_prepared_xacts AS x
+        WHERE x.database = pg_catalog.current_database()) AS prepared_now;
 
 -- name: backfill_run
 SELECT after_id, last_id, rows_done, enqueued, state

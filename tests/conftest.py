@@ -20,7 +20,7 @@ from pytest_postgresql import factories
 
 from pubctl.migrate import migrate
 from pubctl.queries import read_sql_file
-from pubctl.throwaway import ThrowawayPostgres
+from pubctl.throwaway import FAST_SETTINGS, ThrowawayPostgres
 
 from support.db import Database, ServerInfo
 
@@ -44,7 +44,8 @@ def pg_server() -> Iterator[ServerInfo]:
             maintenance_dbname=str(params.get("dbname", "postgres")),
         )
         return
-    with ThrowawayPostgres() as pg:
+    # Two-phase commit allowed, so that tests can PREPARE TRANSACTION.
+    with ThrowawayPostgres({**FAST_SETTINGS, "max_prepared_transactions": "20"}) as pg:
         yield ServerInfo(host=pg.host, port=pg.port, user=pg.user, password=None, throwaway=pg)
 
 

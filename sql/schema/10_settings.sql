@@ -10,52 +10,6 @@ REVOKE ALL ON SCHEMA pub FROM PUBLIC;
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
-CREATE FUNCTION pub.unknown_lock(name text) RETURNS bigint
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RAISE EXCEPTION 'pubctl: unknown advisory lock %', name
-        USING ERRCODE = 'PB003', DETAIL = 'pub.lock_key knows every lock pubctl takes.',
-              HINT = 'Add the lock to pub.lock_key (in a migration) before taking it.';
-END;
-$$;
-
--- The advisory locks pubctl takes, by name. The keys are "pubctl" in ASCII followed by
--- a number, unlikely to collide with an application's own. (The migration lock, taken
--- before schema pub exists, is the one key defined elsewhere: sql/queries.sql.)
-CREATE FUNCTION pub.lock_key(name text) RETURNS bigint
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN CASE name
-        WHEN 'applier' THEN 8103491283817594882                 -- one apply batch at a time
-        WHEN 'worker' THEN 8103491283817594883                  -- held shared by every worker
-        WHEN 'backfill:study_topic' THEN 8103491283817594884    -- one backfill per table
-        WHEN 'backfill:study_question' THEN 8103491283817594885
-        WHEN 'unpublished_writers' THEN 8103491283817594886     -- wrote while publishing was off
-        -- A NULL key would make every pg_advisory_* call a silent no-op.
-        ELSE pub.unknown_lock(name)
-    END;
-END;
-$$;
-
--- The sessions holding (or waiting for) one of those locks in this database.
-CREATE FUNCTION pub.lock_holders(name text)
-    RETURNS TABLE (pid integer, mode text, granted boolean)
-    LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT l.pid, l.mode, l.granted
-    FROM pg_catalog.pg_locks AS l
-    WHERE l.locktype = 'advisory'
-      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
-                        WHERE d.datname = pg_catalog.current_database())
-      AND l.classid = (pub.lock_key(lock_holders.name) >> 32)::oid
-      AND l.objid = (pub.lock_key(lock_holders.name) & 4294967295)::oid
-      AND l.objsubid = 1;
-END;
-
 -- Every change of the publishing switch takes the next value: a transaction can tell
 -- whether the switch moved since its snapshot, since a sequence is not versioned.
 CREATE SEQUENCE pub.publishing_epoch AS bigint;
@@ -99,8 +53,8 @@ END;
 
 -- Called by capture when its snapshot says publishing is off, before it skips a write.
 --
--- The transaction is first marked, with a shared advisory lock held until it ends, as
--- one that writes without publishing: `pubctl enable` and the first page of a backfill
+-- The transaction is first marked, with a ROW EXCLUSIVE lock on pub.unpublished_writers
+-- held until it ends, as one that writes without publishing: `pubctl enable` and the first page of a backfill
 -- wait for every such transaction, so a backfill always sees their writes. Then the
 -- switch is read again, and the write is skipped only if it is still off and has not
 -- moved since (the epoch is the sequence's latest):
@@ -120,7 +74,7 @@ DECLARE
     seen bigint;
     latest bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(pub.lock_key('unpublished_writers'));
+    LOCK TABLE pub.unpublished_writers IN ROW EXCLUSIVE MODE;
     SELECT NOT s.publishing_enabled, s.publishing_epoch INTO still_off, seen
     FROM pub.settings AS s;
     SELECT e.last_value INTO latest FROM pub.publishing_epoch AS e;

@@ -44,10 +44,17 @@ END;
 
 -- Wakes `pubctl worker`. Postgres folds identical notifications of one transaction,
 -- so a transaction wakes the worker once however many statements it ran.
+--
+-- Not when the session setting pubctl.notify is off: Postgres refuses PREPARE
+-- TRANSACTION after a NOTIFY, so an application that uses two-phase commit sets it for
+-- its role or its connections, and the worker finds its writes on its next poll.
 CREATE FUNCTION pub.notify_outbox() RETURNS void
     LANGUAGE sql VOLATILE
 BEGIN ATOMIC
-    SELECT pg_catalog.pg_notify('pubctl_outbox', '');
+    SELECT pg_catalog.pg_notify('pubctl_outbox', '')
+    WHERE pg_catalog.lower(pg_catalog.btrim(COALESCE(
+              pg_catalog.current_setting('pubctl.notify', true), '')))
+          NOT IN ('off', 'false', 'no', '0', 'f', 'n');
 END;
 
 REVOKE ALL ON FUNCTION pub.notify_outbox() FROM PUBLIC;

@@ -31,11 +31,27 @@ CREATE TABLE pub.capture_triggers (
     table_name   name NOT NULL,
     trigger_name name NOT NULL,
     definition   text NOT NULL,
+    -- What the trigger does, by column numbers rather than names
+    -- (pub.trigger_signature): a column renamed behind a WHEN clause changes the
+    -- printed definition, not the trigger.
+    signature    text NOT NULL,
     PRIMARY KEY (table_name, trigger_name)
 );
 
 COMMENT ON TABLE pub.capture_triggers IS
     'The triggers pubctl attached to the application''s tables, as defined when attached; status and verify compare the catalog with them.';
+
+-- A trigger's function, timing, level, events, columns, transition tables and WHEN
+-- clause (as a parse tree: columns by number), in one comparable text.
+CREATE FUNCTION pub.trigger_signature(trigger_oid oid) RETURNS text
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT concat_ws(' | ', t.tgfoid::pg_catalog.regprocedure, t.tgtype, t.tgattr,
+                     t.tgoldtable, t.tgnewtable, t.tgdeferrable, t.tginitdeferred,
+                     t.tgnargs, t.tgargs, t.tgqual)
+    FROM pg_catalog.pg_trigger AS t
+    WHERE t.oid = trigger_signature.trigger_oid;
+END;
 
 -- The statement triggers write one INSERT ... SELECT per kind from the transition
 -- table. Each SELECT filters on liveness and computes the canonical text in a
@@ -452,7 +468,8 @@ REVOKE ALL ON FUNCTION pub.refuse_truncate() FROM PUBLIC;
 -- * a source table whose shape no longer fits (pub.source_shape_problems);
 -- * session_replication_role = replica set for a role or for the database (ALTER
 --   ROLE / ALTER DATABASE ... SET), or in the calling session: no trigger fires there;
--- * capture functions that run as a role able to log in or as a superuser.
+-- * capture functions that run as a role able to log in or as a superuser;
+-- * a grant on pub or its objects beyond the documented ones (pub.undocumented_grants).
 CREATE FUNCTION pub.capture_problems() RETURNS TABLE (subject text, problem text)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
@@ -479,7 +496,7 @@ BEGIN
                                 WHERE n.nspname = app)
     LEFT JOIN pg_catalog.pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = e.trigger_name
     WHERE t.oid IS NULL OR t.tgenabled IN ('D', 'R')
-       OR pg_get_triggerdef(t.oid) <> e.definition
+       OR pub.trigger_signature(t.oid) <> e.signature
     ORDER BY 1;
 
     RETURN QUERY
@@ -506,6 +523,14 @@ BEGIN
         RETURN QUERY SELECT 'this session'::text,
             'session_replication_role = replica: its writes fire no trigger'::text;
     END IF;
+
+    RETURN QUERY
+    SELECT g.object,
+           format('%s granted to %s%s beyond the documented privileges: whoever holds it '
+                  'can %s', g.privilege, g.grantee,
+                  CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END,
+                  'reach what pubctl keeps to itself (pubctl migrate revokes it)')
+    FROM pub.undocumented_grants() AS g;
 
     RETURN QUERY
     SELECT format('capture functions'),
@@ -563,8 +588,9 @@ BEGIN
         CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_question
             FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
     $sql$, app);
-    INSERT INTO pub.capture_triggers (table_name, trigger_name, definition)
-    SELECT c.relname, t.tgname, pg_catalog.pg_get_triggerdef(t.oid)
+    INSERT INTO pub.capture_triggers (table_name, trigger_name, definition, signature)
+    SELECT c.relname, t.tgname, pg_catalog.pg_get_triggerdef(t.oid),
+           pub.trigger_signature(t.oid)
     FROM pg_catalog.pg_trigger AS t
     JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -616,6 +642,7 @@ BEGIN
     GRANT SELECT ON pub.settings TO pubctl_capture;
     GRANT SELECT ON SEQUENCE pub.publishing_epoch TO pubctl_capture;
     GRANT USAGE ON SEQUENCE pub.outbox_id_seq TO pubctl_capture;
+    GRANT INSERT ON pub.unpublished_writers TO pubctl_capture;
     GRANT EXECUTE ON FUNCTION pub.unpublished_write_allowed(), pub.notify_outbox()
         TO pubctl_capture;
     ALTER FUNCTION pub.capture_topic_insert() OWNER TO pubctl_capture;

@@ -1,6 +1,6 @@
 -- The published state and the applier that moves the outbox into it.
 --
--- One applier at a time: apply_batch takes a transaction-level advisory lock, so
+-- One applier at a time: apply_batch locks pub.applier_lock for its transaction, so
 -- revs are handed out by one transaction at a time and become visible all at once,
 -- in increasing order, when it commits. A feed reader asking for rev > cursor can
 -- therefore never see rev n+1 while rev n is still invisible: no rev is skipped
@@ -62,6 +62,8 @@ CREATE FUNCTION pub.apply_batch(
 )
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    -- Waiting for another batch is bounded: the caller names who holds it (55P03).
+    SET lock_timeout = '10s'
 AS $$
 BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
@@ -70,8 +72,8 @@ BEGIN
                   DETAIL = 'apply_batch consumes at most max_rows outbox rows per call.',
                   HINT = 'Pass a batch size of 1 or more.';
     END IF;
-    -- One applier at a time.
-    PERFORM pg_advisory_xact_lock(pub.lock_key('applier'));
+    -- One applier at a time (sql/schema/15_locks.sql).
+    LOCK TABLE pub.applier_lock IN EXCLUSIVE MODE;
 
     WITH consumed_rows AS (
         DELETE FROM pub.outbox AS o

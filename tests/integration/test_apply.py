@@ -236,13 +236,11 @@ def test_without_one_applier_at_a_time_a_reader_would_skip_revs(
     assert cursor == 12 and later == [], "rev 11 committed after the reader passed it: skipped"
 
 
-def test_an_unknown_lock_name_is_an_error_not_a_silent_no_lock(pub_db: Database) -> None:
+def test_an_unknown_lock_name_is_an_error_not_an_empty_answer(pub_db: Database) -> None:
     with pub_db.connect() as conn:
-        keys = conn.execute(
-            "SELECT pub.lock_key(n) FROM unnest(ARRAY['applier', 'worker',"
-            " 'backfill:study_topic', 'backfill:study_question', 'unpublished_writers']) n"
-        ).fetchall()
-        assert len({k for (k,) in keys}) == 5 and all(k is not None for (k,) in keys)
+        for name in ("applier", "worker", "backfill:study_topic", "backfill:study_question",
+                     "unpublished_writers", "migrate"):
+            conn.execute("SELECT * FROM pub.lock_holders(%s)", (name,)).fetchall()
         with pytest.raises(psycopg.Error) as info:
-            conn.execute("SELECT pg_advisory_lock(pub.lock_key('backfill:study_answer'))")
+            conn.execute("SELECT * FROM pub.lock_holders('backfill:study_answer')")
         assert info.value.sqlstate == "PB003"

@@ -221,7 +221,12 @@ def test_migrate_never_queues_behind_a_long_transaction(app_db: Database) -> Non
             time.sleep(0.05)
         thread.join()
         assert len(errors) == 1 and isinstance(errors[0], PubctlError)
-        assert "could not lock the application's tables" in errors[0].message
+        assert "could not lock pubctl's version table and the application's tables" in (
+            errors[0].message
+        )
+        # It names who is in the way.
+        assert "held by: pid " in errors[0].message
+        assert "RowExclusiveLock on public.study_topic" in errors[0].message
         assert max(writes) < 1.0, "a writer never waited behind the migration for long"
         assert not _pub_schema_exists(writer), "nothing was changed"
         long_txn.commit()

@@ -289,7 +289,7 @@ def test_enable_committing_while_a_writer_marks_itself_does_not_lose_its_write(
         gatekeeper.autocommit = False
         # Holding the marker lock exclusively stops the writer's capture right after it
         # read "off" and before it marks itself (pub.unpublished_write_allowed).
-        gatekeeper.execute("SELECT pg_advisory_xact_lock(pub.lock_key('unpublished_writers'))")
+        gatekeeper.execute("LOCK TABLE pub.unpublished_writers IN SHARE MODE")
         done = threading.Event()
 
         def write() -> None:

@@ -1,0 +1,93 @@
+-- The DDL guard: renaming, dropping or retyping a projected column of a source table
+-- is refused when it happens, instead of breaking every later write of the
+-- application (capture reads the columns by name and checks their types).
+--
+-- An event trigger needs a superuser to create it: `pubctl migrate` run by one attaches
+-- it; without that right there is no guard, and `pubctl status` and `pubctl verify`
+-- report the change afterwards (pub.capture_problems, through
+-- pub.source_shape_problems). It runs after each ALTER TABLE and looks only at the
+-- source tables that command touched, so other DDL costs one catalog lookup.
+--
+-- A deliberate change names its columns first, in the same transaction:
+--   SET LOCAL pubctl.allow_column_change = 'study_question.body';
+-- (docs/operations.md, "Renaming a projected column"). The setting is a safety catch,
+-- not a right: the table's owner can break capture in other ways, which status and
+-- verify report.
+
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- The projected columns of one source table that are missing or of a type capture does
+-- not accept.
+CREATE FUNCTION pub.broken_source_columns(source text) RETURNS SETOF text
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT s.column_name
+    FROM pub.source_columns(broken_source_columns.source) AS s
+    LEFT JOIN pg_catalog.pg_attribute AS a
+           ON a.attrelid = (SELECT c.oid FROM pg_catalog.pg_class AS c
+                            JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                            JOIN pub.settings AS t ON n.nspname = t.app_schema
+                            WHERE c.relname = broken_source_columns.source)
+          AND a.attname = s.column_name AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE a.atttypid IS NULL OR NOT a.atttypid::pg_catalog.regtype = ANY (s.allowed_types)
+    ORDER BY 1;
+END;
+
+CREATE FUNCTION pub.guard_projected_columns() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    source text;
+    broken text[];
+    allowed text[] := string_to_array(
+        replace(COALESCE(current_setting('pubctl.allow_column_change', true), ''), ' ', ''),
+        ',');
+BEGIN
+    FOR source IN
+        SELECT DISTINCT c.relname::text
+        FROM pg_event_trigger_ddl_commands() AS d
+        JOIN pg_class AS c ON c.oid = d.objid
+        JOIN pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE d.classid = 'pg_class'::regclass
+          AND n.nspname = (SELECT s.app_schema FROM pub.settings AS s)
+          AND c.relname IN ('study_topic', 'study_question')
+        ORDER BY 1
+    LOOP
+        broken := ARRAY(SELECT b FROM pub.broken_source_columns(source) AS b
+                        WHERE NOT (source || '.' || b) = ANY (allowed));
+        IF cardinality(broken) > 0 THEN
+            RAISE EXCEPTION 'pubctl: % of %.% is projected by pubctl; renaming, dropping or retyping it is refused',
+                    (SELECT string_agg(format('column %I', b), ', ') FROM unnest(broken) AS b),
+                    (SELECT s.app_schema FROM pub.settings AS s), source
+                USING ERRCODE = 'PB007',
+                      DETAIL = 'pubctl''s capture triggers read this column on every write: '
+                               'after this change every write of the table would fail.',
+                      HINT = 'Follow docs/operations.md, "Renaming a projected column"; '
+                             'nothing was changed.';
+        END IF;
+    END LOOP;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.guard_projected_columns() FROM PUBLIC;
+
+-- Attached only when this role may (a superuser). The function runs as its owner,
+-- handed to pubctl_capture where that role exists (it reads only the catalog and
+-- pub.settings), so the guard never runs with a superuser's rights.
+DO $guard$
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
+        RETURN;
+    END IF;
+    CREATE EVENT TRIGGER pub_guard_projected_columns ON ddl_command_end
+        WHEN TAG IN ('ALTER TABLE')
+        EXECUTE FUNCTION pub.guard_projected_columns();
+    IF EXISTS (SELECT FROM pg_catalog.pg_proc AS p
+               JOIN pg_catalog.pg_roles AS r ON r.oid = p.proowner
+               WHERE p.oid = 'pub.capture_topic_insert()'::pg_catalog.regprocedure
+                 AND r.rolname = 'pubctl_capture') THEN
+        ALTER FUNCTION pub.guard_projected_columns() OWNER TO pubctl_capture;
+    END IF;
+END;
+$guard$;
