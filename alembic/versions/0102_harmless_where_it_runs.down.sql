@@ -4,6 +4,7 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 DROP EVENT TRIGGER IF EXISTS pub_guard_projected_columns;
 DROP FUNCTION pub.guard_projected_columns();
+DROP FUNCTION pub.reattach_capture_triggers(text);
 DROP FUNCTION pub.broken_source_columns(text);
 DROP FUNCTION pub.revoke_undocumented_grants();
 DROP FUNCTION pub.default_privilege_grants();
@@ -74,9 +75,6 @@ BEGIN
       AND r.rolname = 'pubctl_capture' AND (r.rolcanlogin OR r.rolsuper);
 END;
 $$;
-
-ALTER TABLE pub.capture_triggers DROP COLUMN signature;
-DROP FUNCTION pub.trigger_signature(oid);
 
 CREATE OR REPLACE FUNCTION pub.notify_outbox() RETURNS void
     LANGUAGE sql VOLATILE

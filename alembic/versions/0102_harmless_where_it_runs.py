@@ -1,6 +1,6 @@
 """pubctl harmless where it runs: locks only pubctl's roles can take, pubctl.notify for
-two-phase commit, capture triggers compared by signature, documented privileges
-enforced and reported, and the DDL guard on projected columns.
+two-phase commit, documented privileges enforced and reported, and the DDL guard on
+projected columns (with pub.reattach_capture_triggers for the rename procedure).
 
 Its SQL is frozen beside it: NNNN_name.up.sql and NNNN_name.down.sql (write both; see
 README.md, "Writing a migration").

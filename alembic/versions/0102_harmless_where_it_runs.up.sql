@@ -2,7 +2,6 @@
 -- * Locks only pubctl's roles can take (pub.applier_lock, pub.unpublished_writers,
 --   leases in pub.leases) replace the public advisory-lock keys.
 -- * pubctl.notify = off skips capture's notification (two-phase commit).
--- * Capture triggers compared by what they do (pub.trigger_signature), not by text.
 -- * Grants beyond the documented ones reported (pub.undocumented_grants) and revoked
 --   by every migrate (pub.revoke_undocumented_grants).
 -- * The DDL guard on projected columns, when a superuser migrates.
@@ -261,34 +260,7 @@ BEGIN ATOMIC
           NOT IN ('off', 'false', 'no', '0', 'f', 'n');
 END;
 
--- ===== capture triggers by signature =====
-CREATE FUNCTION pub.trigger_signature(trigger_oid oid) RETURNS text
-    LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT concat_ws(' | ', t.tgfoid::pg_catalog.regprocedure, t.tgtype, t.tgattr,
-                     t.tgoldtable, t.tgnewtable, t.tgdeferrable, t.tginitdeferred,
-                     t.tgnargs, t.tgargs, t.tgqual)
-    FROM pg_catalog.pg_trigger AS t
-    WHERE t.oid = trigger_signature.trigger_oid;
-END;
-
-ALTER TABLE pub.capture_triggers ADD COLUMN signature text;
-
--- A trigger still as attached gets its signature; one already changed keeps being
--- reported.
-UPDATE pub.capture_triggers AS e
-SET signature = COALESCE(
-    (SELECT pub.trigger_signature(t.oid)
-     FROM pg_catalog.pg_trigger AS t
-     JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
-     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-     WHERE n.nspname = (SELECT s.app_schema FROM pub.settings AS s)
-       AND c.relname = e.table_name AND t.tgname = e.trigger_name
-       AND pg_catalog.pg_get_triggerdef(t.oid) = e.definition),
-    'changed before revision 0102: ' || e.definition);
-
-ALTER TABLE pub.capture_triggers ALTER COLUMN signature SET NOT NULL;
-
+-- ===== capture problems: undocumented grants =====
 CREATE OR REPLACE FUNCTION pub.capture_problems() RETURNS TABLE (subject text, problem text)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
@@ -315,7 +287,7 @@ BEGIN
                                 WHERE n.nspname = app)
     LEFT JOIN pg_catalog.pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = e.trigger_name
     WHERE t.oid IS NULL OR t.tgenabled IN ('D', 'R')
-       OR pub.trigger_signature(t.oid) <> e.signature
+       OR pg_get_triggerdef(t.oid) <> e.definition
     ORDER BY 1;
 
     RETURN QUERY
@@ -429,6 +401,50 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION pub.guard_projected_columns() FROM PUBLIC;
+
+-- Attach a source table's capture triggers again exactly as pubctl recorded them
+-- (pub.capture_triggers), replacing any that now reads otherwise. A trigger's WHEN
+-- clause is bound to columns, not names: after a projected column is renamed and a
+-- column of its old name takes its place (the rename procedure), the UPDATE trigger
+-- must watch the new column, the one capture reads. CREATE OR REPLACE TRIGGER needs
+-- only the TRIGGER privilege, which the migrating role holds; hence SECURITY DEFINER,
+-- for its owner alone. Returns the triggers it replaced.
+CREATE FUNCTION pub.reattach_capture_triggers(source text) RETURNS SETOF text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN
+        SELECT r.trigger_name, r.definition
+        FROM pub.capture_triggers AS r
+        LEFT JOIN pg_trigger AS t
+               ON t.tgname = r.trigger_name
+              AND t.tgrelid = (SELECT c.oid FROM pg_class AS c
+                               JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                               WHERE n.nspname = (SELECT s.app_schema FROM pub.settings AS s)
+                                 AND c.relname = r.table_name)
+        WHERE r.table_name = source
+          AND pg_get_triggerdef(t.oid) IS DISTINCT FROM r.definition
+        ORDER BY 1
+    LOOP
+        EXECUTE regexp_replace(e.definition, '^CREATE TRIGGER ', 'CREATE OR REPLACE TRIGGER ');
+        -- Recorded as Postgres prints it now (the same trigger, printed from a parse
+        -- of the recorded text).
+        UPDATE pub.capture_triggers AS r
+        SET definition = (SELECT pg_get_triggerdef(t.oid) FROM pg_trigger AS t
+                          JOIN pg_class AS c ON c.oid = t.tgrelid
+                          JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                          WHERE n.nspname = (SELECT s.app_schema FROM pub.settings AS s)
+                            AND c.relname = source AND t.tgname = e.trigger_name)
+        WHERE r.table_name = source AND r.trigger_name = e.trigger_name;
+        RETURN NEXT e.trigger_name::text;
+    END LOOP;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.reattach_capture_triggers(text) FROM PUBLIC;
 
 -- Attached only when this role may (a superuser). The function runs as its owner,
 -- handed to pubctl_capture where that role exists (it reads only the catalog and

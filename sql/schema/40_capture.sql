@@ -31,27 +31,11 @@ CREATE TABLE pub.capture_triggers (
     table_name   name NOT NULL,
     trigger_name name NOT NULL,
     definition   text NOT NULL,
-    -- What the trigger does, by column numbers rather than names
-    -- (pub.trigger_signature): a column renamed behind a WHEN clause changes the
-    -- printed definition, not the trigger.
-    signature    text NOT NULL,
     PRIMARY KEY (table_name, trigger_name)
 );
 
 COMMENT ON TABLE pub.capture_triggers IS
     'The triggers pubctl attached to the application''s tables, as defined when attached; status and verify compare the catalog with them.';
-
--- A trigger's function, timing, level, events, columns, transition tables and WHEN
--- clause (as a parse tree: columns by number), in one comparable text.
-CREATE FUNCTION pub.trigger_signature(trigger_oid oid) RETURNS text
-    LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT concat_ws(' | ', t.tgfoid::pg_catalog.regprocedure, t.tgtype, t.tgattr,
-                     t.tgoldtable, t.tgnewtable, t.tgdeferrable, t.tginitdeferred,
-                     t.tgnargs, t.tgargs, t.tgqual)
-    FROM pg_catalog.pg_trigger AS t
-    WHERE t.oid = trigger_signature.trigger_oid;
-END;
 
 -- The statement triggers write one INSERT ... SELECT per kind from the transition
 -- table. Each SELECT filters on liveness and computes the canonical text in a
@@ -496,7 +480,7 @@ BEGIN
                                 WHERE n.nspname = app)
     LEFT JOIN pg_catalog.pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = e.trigger_name
     WHERE t.oid IS NULL OR t.tgenabled IN ('D', 'R')
-       OR pub.trigger_signature(t.oid) <> e.signature
+       OR pg_get_triggerdef(t.oid) <> e.definition
     ORDER BY 1;
 
     RETURN QUERY
@@ -588,9 +572,8 @@ BEGIN
         CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_question
             FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
     $sql$, app);
-    INSERT INTO pub.capture_triggers (table_name, trigger_name, definition, signature)
-    SELECT c.relname, t.tgname, pg_catalog.pg_get_triggerdef(t.oid),
-           pub.trigger_signature(t.oid)
+    INSERT INTO pub.capture_triggers (table_name, trigger_name, definition)
+    SELECT c.relname, t.tgname, pg_catalog.pg_get_triggerdef(t.oid)
     FROM pg_catalog.pg_trigger AS t
     JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace

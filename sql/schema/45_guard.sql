@@ -10,9 +10,9 @@
 --
 -- A deliberate change names its columns first, in the same transaction:
 --   SET LOCAL pubctl.allow_column_change = 'study_question.body';
--- (docs/operations.md, "Renaming a projected column"). The setting is a safety catch,
--- not a right: the table's owner can break capture in other ways, which status and
--- verify report.
+-- (docs/operations.md, "Renaming a projected column", which also uses
+-- pub.reattach_capture_triggers below). The setting is a safety catch, not a right: the
+-- table's owner can break capture in other ways, which status and verify report.
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
@@ -71,6 +71,50 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION pub.guard_projected_columns() FROM PUBLIC;
+
+-- Attach a source table's capture triggers again exactly as pubctl recorded them
+-- (pub.capture_triggers), replacing any that now reads otherwise. A trigger's WHEN
+-- clause is bound to columns, not names: after a projected column is renamed and a
+-- column of its old name takes its place (the rename procedure), the UPDATE trigger
+-- must watch the new column, the one capture reads. CREATE OR REPLACE TRIGGER needs
+-- only the TRIGGER privilege, which the migrating role holds; hence SECURITY DEFINER,
+-- for its owner alone. Returns the triggers it replaced.
+CREATE FUNCTION pub.reattach_capture_triggers(source text) RETURNS SETOF text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN
+        SELECT r.trigger_name, r.definition
+        FROM pub.capture_triggers AS r
+        LEFT JOIN pg_trigger AS t
+               ON t.tgname = r.trigger_name
+              AND t.tgrelid = (SELECT c.oid FROM pg_class AS c
+                               JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                               WHERE n.nspname = (SELECT s.app_schema FROM pub.settings AS s)
+                                 AND c.relname = r.table_name)
+        WHERE r.table_name = source
+          AND pg_get_triggerdef(t.oid) IS DISTINCT FROM r.definition
+        ORDER BY 1
+    LOOP
+        EXECUTE regexp_replace(e.definition, '^CREATE TRIGGER ', 'CREATE OR REPLACE TRIGGER ');
+        -- Recorded as Postgres prints it now (the same trigger, printed from a parse
+        -- of the recorded text).
+        UPDATE pub.capture_triggers AS r
+        SET definition = (SELECT pg_get_triggerdef(t.oid) FROM pg_trigger AS t
+                          JOIN pg_class AS c ON c.oid = t.tgrelid
+                          JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                          WHERE n.nspname = (SELECT s.app_schema FROM pub.settings AS s)
+                            AND c.relname = source AND t.tgname = e.trigger_name)
+        WHERE r.table_name = source AND r.trigger_name = e.trigger_name;
+        RETURN NEXT e.trigger_name::text;
+    END LOOP;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.reattach_capture_triggers(text) FROM PUBLIC;
 
 -- Attached only when this role may (a superuser). The function runs as its owner,
 -- handed to pubctl_capture where that role exists (it reads only the catalog and

@@ -192,7 +192,7 @@ def test_without_one_applier_at_a_time_a_reader_would_skip_revs(
 ) -> None:
     """Why the applier lock (and the transactional rev counter) exist.
 
-    An applier variant with both safeguards removed (no advisory lock, revs from a
+    An applier variant with both safeguards removed (no applier lock, revs from a
     sequence, rows claimed with SKIP LOCKED) lets a second applier commit higher revs
     while the first is still open: a reader then moves its cursor past revs that
     appear later. The real pub.apply_batch makes the second applier wait instead
@@ -202,7 +202,7 @@ def test_without_one_applier_at_a_time_a_reader_would_skip_revs(
     ).fetchone()
     unsafe = (
         definition.replace("pub.apply_batch(", "pub.apply_batch_unsafe(")
-        .replace("PERFORM pg_advisory_xact_lock(pub.lock_key('applier'));", "")
+        .replace("LOCK TABLE pub.applier_lock IN EXCLUSIVE MODE;", "")
         .replace(
             "ORDER BY b.id LIMIT max_rows)", "ORDER BY b.id LIMIT max_rows FOR UPDATE SKIP LOCKED)"
         )
@@ -213,7 +213,7 @@ def test_without_one_applier_at_a_time_a_reader_would_skip_revs(
     )
     assert (
         unsafe.count("apply_batch_unsafe") == 1
-        and "advisory" not in unsafe
+        and "applier_lock" not in unsafe
         and "SKIP LOCKED" in unsafe
     )
     unsafe = unsafe.replace(
@@ -238,8 +238,14 @@ def test_without_one_applier_at_a_time_a_reader_would_skip_revs(
 
 def test_an_unknown_lock_name_is_an_error_not_an_empty_answer(pub_db: Database) -> None:
     with pub_db.connect() as conn:
-        for name in ("applier", "worker", "backfill:study_topic", "backfill:study_question",
-                     "unpublished_writers", "migrate"):
+        for name in (
+            "applier",
+            "worker",
+            "backfill:study_topic",
+            "backfill:study_question",
+            "unpublished_writers",
+            "migrate",
+        ):
             conn.execute("SELECT * FROM pub.lock_holders(%s)", (name,)).fetchall()
         with pytest.raises(psycopg.Error) as info:
             conn.execute("SELECT * FROM pub.lock_holders('backfill:study_answer')")

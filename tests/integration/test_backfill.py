@@ -311,7 +311,7 @@ def test_two_backfills_of_one_source_are_refused(pub_db: Database) -> None:
     seed(pub_db, 10)
     with pub_db.connect() as holder:
         holder.execute(
-            "SELECT pg_advisory_lock(pub.lock_key('backfill:study_question'))"
+            "SELECT pub.take_lease('backfill:study_question', true)"
         )  # what a running backfill holds
         result = run_subprocess("--database-url", pub_db.url, "backfill", "questions")
         assert result.code == 3
