@@ -7,6 +7,7 @@ enforces the guards (``--max-rows``, ``--max-backlog``) and reports progress.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -191,6 +192,14 @@ class Backfill:
                 f"another backfill of {source} is running on this database{holder}",
                 hint="wait for it to finish, or stop it and use --resume",
             )
+        try:
+            return self._leased(source)
+        finally:
+            # A lost connection dropped the lease with its session already.
+            with contextlib.suppress(psycopg.Error), self.conn.transaction():
+                self.conn.execute(query("backfill_unlock"), {"source": source})
+
+    def _leased(self, source: str) -> SourceResult:
         opts = self.options
         after_id = opts.after_id
         result = SourceResult(source=source, state="running", started_after_id=after_id)

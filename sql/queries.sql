@@ -245,6 +245,9 @@ SELECT
 -- disconnect (sql/schema/15_locks.sql). holder: the session of the running one.
 SELECT taken, holder FROM pub.take_lease('backfill:' || %(source)s, true);
 
+-- name: backfill_unlock
+SELECT pub.drop_lease('backfill:' || %(source)s);
+
 -- name: applier_holders
 -- The sessions an apply batch waits behind.
 SELECT l.pid, a.usename::text AS usename, a.application_name, a.state

@@ -53,9 +53,13 @@ END;
 -- refused while another live one of the same name exists: then holder names its
 -- session. Dead leases are removed on the way. Takers are serialised by a lock on
 -- pub.leases, held for this short transaction only.
+--
+-- SECURITY DEFINER, for the owner of pub alone (EXECUTE revoked from PUBLIC): a role
+-- that may run a backfill or a worker needs no privilege on pub.leases itself. The
+-- advisory lock is still this session's: it is session-level.
 CREATE FUNCTION pub.take_lease(name text, exclusive boolean, OUT taken boolean,
                                OUT holder integer)
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -82,7 +86,7 @@ $$;
 
 -- Give back this session's leases of that name.
 CREATE FUNCTION pub.drop_lease(name text) RETURNS void
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
