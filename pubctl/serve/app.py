@@ -389,6 +389,9 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    # Never redirect: Starlette would answer a trailing-slash path with a 307 whose
+    # Location is built from the client's Host header. 404, like any unknown path.
+    app.router.redirect_slashes = False
     return server.metrics.middleware(app), server
 
 

@@ -4,6 +4,7 @@ bytes, ETags, long-polls, feed identity, tokens and every refused input."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 import rfc8785
 
+from support import rawhttp
 from support.cli import run_inprocess
 from support.db import Database, ServerInfo
 from support.serve import Served, publish, reader_url
@@ -242,6 +244,39 @@ def test_unknown_routes_and_methods(client: httpx.Client, server: Served) -> Non
         answer = client.request(method, "/published/feed")
         assert answer.status_code == 405 and "GET" in answer.headers["allow"]
         assert answer.json()["error"]
+    assert "Traceback" not in server.log
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+
+
+def test_a_trailing_slash_is_404_and_nothing_ever_redirects(server: Served) -> None:
+    """Every route and method: no 307 whose Location would come from the Host header."""
+    host, port = rawhttp.host_port(server.base)
+    targets = [
+        f"{route}{tail}"
+        for route in ("/published/feed", "/healthz", "/metrics", "/openapi.json")
+        for tail in ("/", "//", "/?after=1&wait=5")
+    ] + ["/published/", "//published/feed", "/published//feed"]
+
+    async def ask_all() -> list[tuple[str, str, int, dict[str, str], bytes]]:
+        answers = []
+        for target in targets:
+            for method in METHODS:
+                for headers in ({"Host": "evil.example"}, {**AUTH, "Host": "evil.example:1"}):
+                    status, fields, body, _at = await rawhttp.request(
+                        method, host, port, target, headers
+                    )
+                    answers.append((method, target, status, fields, body))
+        return answers
+
+    answers = asyncio.run(ask_all())
+    assert len(answers) == len(targets) * len(METHODS) * 2
+    for method, target, status, fields, body in answers:
+        assert status == 404, (method, target, status)
+        assert "location" not in fields, (method, target, fields)
+        if method != "HEAD":
+            assert json.loads(body) == {"error": "no such route"}, (method, target)
     assert "Traceback" not in server.log
 
 
