@@ -4,7 +4,8 @@ Requests borrow a connection from one ``AsyncConnectionPool`` only while their q
 runs. A long-poll that finds nothing new waits on the in-memory ``Notifier`` (see
 ``listener.py``), holding no connection, and re-reads the feed when the applier
 publishes something beyond its cursor. Long-polls woken together with the same
-question share one query and one encoded body.
+question share one query and one encoded body. ``/healthz`` uses a connection of its
+own (``health.py``), never the pool.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pubctl import db
 from pubctl.queries import query
 from pubctl.serve import protocol
 from pubctl.serve.auth import TokenCheck
+from pubctl.serve.health import HealthProbe
 from pubctl.serve.listener import Listener, Notifier
 from pubctl.serve.metrics import CONTENT_TYPE, Metrics
 from pubctl.serve.page import Page, Row
@@ -39,7 +41,8 @@ log = logging.getLogger("pubctl.serve")
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_TIMEOUT_S = 5.0
-HEALTH_POOL_TIMEOUT_S = 2.0
+# /healthz answers within a second: 503 when pub.health() has not answered by then.
+HEALTH_TIMEOUT_S = 0.8
 # A reconnection that keeps failing is abandoned after this long; the next request
 # then starts a fresh one at once instead of waiting out a long backoff.
 POOL_RECONNECT_TIMEOUT_S = 10.0
@@ -107,6 +110,8 @@ class FeedServer:
             )
         )
         self.metrics = Metrics(self.pool.get_stats)
+        self._feed_queries = self.metrics.queries.labels("feed")
+        self.probe = HealthProbe(config.url, on_query=self.metrics.count_query)
         self.notifier: Notifier | None = None
         self.listener: Listener | None = None
         self._flights: dict[tuple[Any, ...], asyncio.Future[Page]] = {}
@@ -139,6 +144,7 @@ class FeedServer:
         self.begin_shutdown()
         if self.listener is not None:
             await self.listener.stop()
+        await self.probe.close()
         await self.pool.close()
 
     # -- reading the feed -------------------------------------------------------------
@@ -146,6 +152,7 @@ class FeedServer:
     async def _query_page(self, params: FeedParams) -> Page:
         try:
             async with self.pool.connection(timeout=self.config.pool_timeout) as conn:
+                self._feed_queries.inc()
                 cur = await conn.execute(
                     query("feed_page_with_identity"),
                     {
@@ -320,18 +327,17 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         return Response(server.bodies.body(page), media_type=JSON, headers=headers)
 
     async def healthz(_request: Request) -> Response:
+        # Its own connection, never the feed's pool (health.py).
         try:
-            async with server.pool.connection(timeout=HEALTH_POOL_TIMEOUT_S) as conn:
-                cur = await conn.execute(query("serve_health"))
-                row = await cur.fetchone()
-        except (PoolTimeout, psycopg.Error) as exc:
+            row = await server.probe.read("health", timeout=HEALTH_TIMEOUT_S)
+        except (TimeoutError, asyncio.TimeoutError, psycopg.Error) as exc:
             log.error("503 /healthz: %s", db.mask(_first_line(exc), config.url))
             return _json(
                 503,
                 {"status": "unavailable", "reason": "the database does not answer"},
                 {"Retry-After": str(RETRY_AFTER_UNREACHABLE_S)},
             )
-        revision, feed_id, last_rev = row if row else (None, None, None)
+        revision, feed_id, last_rev = row
         listener = server.listener
         details = {
             "revision": revision,

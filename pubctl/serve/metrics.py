@@ -7,6 +7,7 @@
 | ``pubctl_serve_waiting_long_polls`` | gauge | requests held waiting for a publish |
 | ``pubctl_serve_last_rev_served`` | gauge | the largest rev any answer carried |
 | ``pubctl_serve_notifications_total`` | counter | publish notifications received |
+| ``pubctl_serve_database_queries_total{purpose}`` | counter | queries run: feed, health |
 | ``pubctl_serve_listener_connected`` | gauge | 1 while the listening connection is up |
 | ``pubctl_serve_listener_reconnects_total`` | counter | times the listener (re)connected |
 | ``pubctl_serve_pool_connections{state}`` | gauge | pool connections: open, idle, in_use, max |
@@ -26,6 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUTES = ("/published/feed", "/healthz", "/metrics")
+QUERY_PURPOSES = ("feed", "health")
 # Long-polls hold up to 60 s, so the buckets reach past it.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 61)
 
@@ -80,6 +82,14 @@ class Metrics:
         self.notifications = Counter(
             "pubctl_serve_notifications", "Publish notifications received.", registry=r
         )
+        self.queries = Counter(
+            "pubctl_serve_database_queries",
+            "Queries the server ran, by purpose: feed (a page), health (/healthz).",
+            ["purpose"],
+            registry=r,
+        )
+        for purpose in QUERY_PURPOSES:
+            self.queries.labels(purpose)
         self.listener_connected = Gauge(
             "pubctl_serve_listener_connected",
             "1 while the connection listening for publishes is up.",
@@ -92,6 +102,9 @@ class Metrics:
         )
         r.register(_PoolCollector(pool_stats))
         self._last_rev = 0
+
+    def count_query(self, purpose: str) -> None:
+        self.queries.labels(purpose).inc()
 
     def served(self, rev: int | None) -> None:
         if rev is not None and rev > self._last_rev:

@@ -402,6 +402,60 @@ def test_pool_exhausted_is_503_with_retry_after(served_db: Database) -> None:
     assert "503" in small.log and "Traceback" not in small.log
 
 
+def test_health_never_waits_behind_the_feed_pool(served_db: Database) -> None:
+    """Every pool connection stuck behind a lock: /healthz still answers at once, on its
+    own connection, and health checks arriving together share one query at a time."""
+    url = reader_url(served_db)
+    with Served(url, "--pool-size", "1", "--pool-timeout", "10") as small:
+        answers: list[httpx.Response] = []
+        with served_db.connect(autocommit=False) as locker:
+            locker.execute("LOCK TABLE pub.content IN ACCESS EXCLUSIVE MODE")
+            stuck = [
+                threading.Thread(
+                    target=lambda: answers.append(
+                        httpx.get(small.url("/published/feed"), timeout=30)
+                    )
+                )
+                for _ in range(3)
+            ]
+            for thread in stuck:
+                thread.start()
+            time.sleep(0.5)
+            assert not answers, "the feed is stuck behind the lock"
+            for _ in range(5):
+                start = time.monotonic()
+                health = httpx.get(small.url("/healthz"), timeout=30)
+                took = time.monotonic() - start
+                assert health.status_code == 200 and health.json()["status"] == "ok"
+                assert took < 0.5, took
+            before = _metric(small, 'pubctl_serve_database_queries_total{purpose="health"}')
+            host, port = rawhttp.host_port(small.base)
+
+            async def together() -> list[int]:
+                answered = await asyncio.gather(
+                    *(rawhttp.get(host, port, "/healthz") for _ in range(200))
+                )
+                return [status for status, _fields, _body, _at in answered]
+
+            assert asyncio.run(together()) == [200] * 200
+            health_queries = (
+                _metric(small, 'pubctl_serve_database_queries_total{purpose="health"}') - before
+            )
+            assert 1 <= health_queries <= 100, health_queries
+            locker.rollback()
+        for thread in stuck:
+            thread.join(15)
+        assert [a.status_code for a in answers] == [200] * 3
+    assert "Traceback" not in small.log
+
+
+def _metric(served: Served, series: str) -> float:
+    for line in httpx.get(served.url("/metrics"), timeout=10).text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no series {series}")
+
+
 def test_start_up_failures_are_one_line(
     capsys: pytest.CaptureFixture[str], app_db: Database
 ) -> None:
