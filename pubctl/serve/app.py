@@ -2,10 +2,12 @@
 
 Requests borrow a connection from one ``AsyncConnectionPool`` only while their query
 runs. A long-poll that finds nothing new waits on the in-memory ``Notifier`` (see
-``listener.py``), holding no connection, and re-reads the feed when the applier
-publishes something beyond its cursor. Long-polls woken together with the same
-question share one query and one encoded body. ``/healthz`` uses a connection of its
-own (``health.py``), never the pool.
+``listener.py``), holding no connection, and re-reads the feed only once the head
+(the last published rev, read by the server itself) has moved past the rev it waits
+past. Long-polls with the same question share their reads: the first read of those
+that arrive together (a crowd reconnecting) and the re-read of those woken together
+are one query and one encoded body. ``/healthz`` and the head re-reads use a
+connection of their own (``health.py``), never the pool.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from pubctl import db
 from pubctl.queries import query
 from pubctl.serve import protocol
 from pubctl.serve.auth import TokenCheck
-from pubctl.serve.health import HealthProbe
-from pubctl.serve.listener import Listener, Notifier
+from pubctl.serve.health import HealthProbe, HealthRow
+from pubctl.serve.listener import Head, Listener, Notifier
 from pubctl.serve.metrics import CONTENT_TYPE, Metrics
 from pubctl.serve.page import Page, Row
 from pubctl.serve.params import BadParameter, FeedParams, parse_feed_query
@@ -43,6 +45,10 @@ DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_TIMEOUT_S = 5.0
 # /healthz answers within a second: 503 when pub.health() has not answered by then.
 HEALTH_TIMEOUT_S = 0.8
+# An empty page read for a long-poll serves the long-polls with the same question that
+# arrive within this long, while the head has not moved (a crowd reconnecting).
+EMPTY_PAGE_TTL_S = 1.0
+MAX_EMPTY_PAGES = 4096
 # A reconnection that keeps failing is abandoned after this long; the next request
 # then starts a fresh one at once instead of waiting out a long backoff.
 POOL_RECONNECT_TIMEOUT_S = 10.0
@@ -114,14 +120,17 @@ class FeedServer:
         self.probe = HealthProbe(config.url, on_query=self.metrics.count_query)
         self.notifier: Notifier | None = None
         self.listener: Listener | None = None
-        self._flights: dict[tuple[Any, ...], asyncio.Future[Page]] = {}
+        # Long-poll reads by question and head generation: running, and found empty.
+        self._flights: dict[tuple[Any, ...], asyncio.Task[Page]] = {}
+        self._empty: dict[tuple[Any, ...], tuple[Page, float]] = {}
+        self._empty_generation = 0
         self.bodies = BodyCache()
         self.waiting = 0
 
     # -- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.notifier = Notifier()
+        self.notifier = Notifier(self._read_head)
         self.listener = Listener(
             self.config.url,
             self.notifier,
@@ -144,8 +153,20 @@ class FeedServer:
         self.begin_shutdown()
         if self.listener is not None:
             await self.listener.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         await self.probe.close()
         await self.pool.close()
+
+    # -- the head: what was last published --------------------------------------------
+
+    async def _read_head(self) -> Head:
+        """A fresh read of the head, for the notifier (started after its hint)."""
+        try:
+            row = await self.probe.read("head", fresh=True)
+        except psycopg.Error as exc:
+            raise Unavailable(db.mask(_first_line(exc), self.config.url), 0) from None
+        return _head(row)
 
     # -- reading the feed -------------------------------------------------------------
 
@@ -179,31 +200,46 @@ class FeedServer:
         has_more = len(items) > params.limit
         return Page(feed_id, params.after, items[: params.limit], has_more)
 
-    async def _shared_page(self, params: FeedParams, generation: int) -> Page:
-        """Long-polls woken by the same notification with the same question share one
-        query (started after that notification arrived) and one encoded body."""
+    async def _long_poll_page(self, params: FeedParams) -> tuple[Page, Head | None, int]:
+        """A long-poll's read of the feed, with the head and generation the notifier had
+        when that read started (everything up to that head is in the page).
+
+        Long-polls asking the same question at the same generation share one query and
+        one encoded body: those arriving while it runs join it, and an empty page
+        serves those arriving within ``EMPTY_PAGE_TTL_S`` after it (until the head
+        moves), so a crowd reconnecting at once costs one query per distinct question.
+        Any later publish moves the head past the one returned here and wakes them."""
+        notifier = self.notifier
+        assert notifier is not None
+        generation, head = notifier.generation, notifier.head
         key = (params.after, params.limit, params.kinds, generation)
+        loop = asyncio.get_running_loop()
+        empty = self._empty.get(key)
+        if empty is not None and loop.time() - empty[1] < EMPTY_PAGE_TTL_S:
+            return empty[0], head, generation
         flight = self._flights.get(key)
-        if flight is not None:
-            await asyncio.wait([flight])
-            if not flight.cancelled():
-                return flight.result()
-            return await self._query_page(params)  # its first reader went away
-        flight = asyncio.get_running_loop().create_future()
-        self._flights[key] = flight
-        try:
-            page = await self._query_page(params)
-        except asyncio.CancelledError:
-            flight.cancel()
-            raise
-        except Exception as exc:
-            flight.set_exception(exc)
-            flight.exception()  # marked as retrieved: each joiner re-raises it
-            raise
-        finally:
+        if flight is None:
+            flight = loop.create_task(self._query_page(params), name="pubctl-feed-read")
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._landed(key, done))
+        # Waiting without awaiting the task: a waiter that goes away leaves it running
+        # for the others.
+        await asyncio.wait((flight,))
+        return flight.result(), head, generation
+
+    def _landed(self, key: tuple[Any, ...], flight: asyncio.Task[Page]) -> None:
+        if self._flights.get(key) is flight:
             del self._flights[key]
-        flight.set_result(page)
-        return page
+        if flight.cancelled() or flight.exception() is not None:
+            return  # the error is each waiter's to report
+        page = flight.result()
+        notifier = self.notifier
+        if page.rows or notifier is None or key[-1] != notifier.generation:
+            return
+        if len(self._empty) >= MAX_EMPTY_PAGES or self._empty_generation != key[-1]:
+            self._empty.clear()  # the head moved since: none of them is of use
+            self._empty_generation = key[-1]
+        self._empty[key] = (page, asyncio.get_running_loop().time())
 
     def _check_identity(self, params: FeedParams, page: Page) -> None:
         if params.feed_id is not None and params.feed_id != page.feed_id:
@@ -214,10 +250,13 @@ class FeedServer:
         published, the wait is over, or the server stops."""
         notifier = self.notifier
         assert notifier is not None
-        generation = notifier.generation
-        page = await self._query_page(params)
+        if params.wait <= 0 or notifier.closing:
+            page = await self._query_page(params)
+            self._check_identity(params, page)
+            return page
+        page, seen, generation = await self._long_poll_page(params)
         self._check_identity(params, page)
-        if page.rows or params.wait <= 0 or notifier.closing:
+        if page.rows or notifier.closing:
             return page
         loop = asyncio.get_running_loop()
         deadline = loop.time() + params.wait
@@ -225,20 +264,31 @@ class FeedServer:
         self.waiting += 1
         try:
             while not notifier.closing:
+                if notifier.generation != generation:
+                    # The head changed: read the feed again only if it moved past what
+                    # this page covers (an empty page covers up to the head seen
+                    # before it was read, or the cursor if that is further).
+                    generation, head = notifier.generation, notifier.head
+                    covered = params.after
+                    if seen is not None and seen.feed_id == page.feed_id:
+                        covered = max(covered, seen.last_rev)
+                    if head is not None and head.past(page.feed_id, covered):
+                        page, seen, generation = await self._long_poll_page(params)
+                        self._check_identity(params, page)
+                        if page.rows:
+                            break
+                    continue
                 left = deadline - loop.time()
                 if left <= 0 or not await notifier.wait_past(generation, left):
                     break
-                woken_at = notifier.generation
-                if notifier.newer_since(generation, params.after):
-                    page = await self._shared_page(params, woken_at)
-                    self._check_identity(params, page)
-                    if page.rows:
-                        break
-                generation = woken_at
         finally:
             self.metrics.waiting.dec()
             self.waiting -= 1
         return page
+
+
+def _head(row: HealthRow) -> Head:
+    return Head(str(row[1]), int(row[2] or 0))
 
 
 class BodyCache:

@@ -7,6 +7,10 @@ one query at a time. Callers that arrive while a query runs share it, so a flood
 health checks costs one query at a time, not one each. A caller gives up after its
 own timeout while the query goes on; a query that hangs is abandoned (and its
 connection closed) after ``QUERY_LIMIT_S``.
+
+The same query tells the ``Notifier`` (``listener.py``) what was last published: a
+re-read asks for a *fresh* row, read by a query that started after it asked, since
+it must see the commit whose notification prompted it.
 """
 
 from __future__ import annotations

@@ -1,14 +1,24 @@
-"""Waking long-polls: one LISTEN connection for the whole server.
+"""Waking long-polls: one LISTEN connection for the whole server, notifications as hints.
 
 Every waiting request waits on the ``Notifier``, in memory; none holds a database
 connection. One ``Listener`` task keeps a single connection listening on
 ``pubctl_published`` (sent by each apply batch that published something, when it
-commits, with the new last rev as payload) and wakes every waiter at once.
+commits) and tells the ``Notifier`` that something *may* have been published.
 
-When that connection is lost, notifications sent meanwhile are lost with it: the
-listener reconnects with backoff and, once listening again, wakes every waiter so that
-each re-reads the feed. The first connection counts as a reconnection too, so a request
-that arrived before the server was listening is re-checked as well.
+A notification is only a hint. Any role that may connect can send one, with any
+payload, as often as it likes, so its payload is never read and no waiter is answered
+because of it. The ``Notifier`` re-reads what was really published, the feed identity
+and its last rev (``pub.health()``, one cheap query), at most once per
+``REREAD_INTERVAL_S`` however many notifications arrive, and always once after the
+last of them. Only when that head has moved does it wake the waiters, and each waiter
+re-reads the feed only when the head moved past the rev it waits past (or the feed
+identity changed). A burst of notifications, forged or real, therefore costs a few
+head re-reads and never a query per waiter.
+
+When the listening connection is lost, notifications sent meanwhile are lost with it:
+the listener reconnects with backoff and, once listening again, asks for a re-read.
+The first connection counts as a reconnection too, so a request that arrived before
+the server was listening is re-checked as well.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import psycopg
 
@@ -27,22 +39,50 @@ log = logging.getLogger("pubctl.serve")
 
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
+# At most one re-read of the head starts per interval, whatever the notifications.
+REREAD_INTERVAL_S = 0.1
+# A re-read that failed is tried again after this long, then less and less often.
+REREAD_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Head:
+    """What the database says was last published: the feed identity and its last rev."""
+
+    feed_id: str
+    last_rev: int
+
+    def past(self, feed_id: str, rev: int) -> bool:
+        """Whether a reader that found nothing newer than ``rev`` in feed ``feed_id``
+        may now find something: the last rev moved past it, or the feed was replaced."""
+        return self.last_rev > rev or self.feed_id != feed_id
 
 
 class Notifier:
-    """Where long-polls wait for something newer to be published.
+    """Where long-polls wait for the head to move.
 
-    ``generation`` counts wake-ups. A waiter reads it before it reads the feed and
-    waits for it to move past that value, so a notification arriving between its read
-    and its wait is never lost.
+    ``generation`` counts the times the head changed (and the stop). A waiter reads it
+    together with ``head`` before it reads the feed and waits for it to move past that
+    value, so a change arriving between its read and its wait is never lost.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        read_head: Callable[[], Awaitable[Head]],
+        *,
+        interval: float = REREAD_INTERVAL_S,
+        retry: float = REREAD_RETRY_S,
+    ) -> None:
         self.generation = 0
-        self.max_rev = 0
-        self.reset_generation = 0
+        self.head: Head | None = None
         self.closing = False
+        self.interval = interval
+        self.retry = retry
+        self._read_head = read_head
         self._woken: asyncio.Future[None] | None = None
+        self._pending = False
+        self._next_read = -math.inf
+        self._task: asyncio.Task[None] | None = None
 
     def _wake(self) -> None:
         self.generation += 1
@@ -50,26 +90,67 @@ class Notifier:
         if woken is not None and not woken.done():
             woken.set_result(None)
 
-    def published(self, rev: int) -> None:
-        """The applier committed a batch whose last rev is ``rev``."""
-        self.max_rev = max(self.max_rev, rev)
-        self._wake()
+    def hint(self) -> None:
+        """Something may have been published (a notification, whatever its payload, or
+        a listener that may have missed some): re-read the head soon. A re-read starts
+        at once unless one started less than ``interval`` ago; one always starts after
+        the last hint."""
+        if self.closing:
+            return
+        self._pending = True
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._reread(), name="pubctl-head")
 
-    def reset(self) -> None:
-        """Notifications may have been missed: every waiter must re-read."""
-        self._wake()
-        self.reset_generation = self.generation
+    async def _reread(self) -> None:
+        loop = asyncio.get_running_loop()
+        retry = self.retry
+        try:
+            while self._pending and not self.closing:
+                delay = self._next_read - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+                self._pending = False
+                self._next_read = loop.time() + self.interval
+                try:
+                    head = await self._read_head()
+                except Exception as exc:
+                    if retry == self.retry:  # the first failure of a run: once
+                        log.warning(
+                            "cannot read the last published rev (%s); retrying, long-polls "
+                            "wake on their timeout meanwhile",
+                            next(iter(str(exc).splitlines()), "") or type(exc).__name__,
+                        )
+                    self._pending = True
+                    self._next_read = loop.time() + retry
+                    retry = min(retry * 2, MAX_BACKOFF_S)
+                    continue
+                if retry != self.retry:
+                    log.warning("the last published rev is read again")
+                retry = self.retry
+                self.observe(head)
+        finally:
+            self._task = None
+
+    def observe(self, head: Head) -> None:
+        """The database says ``head`` was last published (read after every change this
+        server was told of): waiters wake if it differs from what they last saw."""
+        if head != self.head:
+            self.head = head
+            self._wake()
 
     def close(self) -> None:
         """The server is stopping: release every waiter now."""
         self.closing = True
         self._wake()
 
-    def newer_since(self, generation: int, after: int) -> bool:
-        """Whether a waiter that last read at ``generation`` with cursor ``after`` may
-        find something new: a rev beyond its cursor was published, or notifications
-        may have been missed since."""
-        return self.max_rev > after or self.reset_generation > generation
+    async def stop(self) -> None:
+        self.close()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def wait_past(self, generation: int, timeout: float) -> bool:
         """Wait until ``self.generation`` moves past ``generation``; False on timeout."""
@@ -126,15 +207,12 @@ class Listener:
                     asyncio.get_running_loop().time() - self._down_since,
                 )
                 self._down_since = None
-            self.notifier.reset()
+            # Notifications may have been missed while not listening.
+            self.notifier.hint()
             self.on_reconnect()
-            async for note in conn.notifies():
-                try:
-                    rev = int(note.payload)
-                except ValueError:
-                    self.notifier.reset()
-                else:
-                    self.notifier.published(rev)
+            async for _note in conn.notifies():
+                # A hint, whoever sent it: the payload is never read.
+                self.notifier.hint()
                 self.on_notification()
 
     async def _run(self) -> None:

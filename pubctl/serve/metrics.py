@@ -6,8 +6,8 @@
 | ``pubctl_serve_request_duration_seconds{route}`` | histogram | time to answer, holds included |
 | ``pubctl_serve_waiting_long_polls`` | gauge | requests held waiting for a publish |
 | ``pubctl_serve_last_rev_served`` | gauge | the largest rev any answer carried |
-| ``pubctl_serve_notifications_total`` | counter | publish notifications received |
-| ``pubctl_serve_database_queries_total{purpose}`` | counter | queries run: feed, health |
+| ``pubctl_serve_notifications_total`` | counter | publish notifications received (hints) |
+| ``pubctl_serve_database_queries_total{purpose}`` | counter | queries run: feed, head, health |
 | ``pubctl_serve_listener_connected`` | gauge | 1 while the listening connection is up |
 | ``pubctl_serve_listener_reconnects_total`` | counter | times the listener (re)connected |
 | ``pubctl_serve_pool_connections{state}`` | gauge | pool connections: open, idle, in_use, max |
@@ -27,7 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUTES = ("/published/feed", "/healthz", "/metrics")
-QUERY_PURPOSES = ("feed", "health")
+QUERY_PURPOSES = ("feed", "head", "health")
 # Long-polls hold up to 60 s, so the buckets reach past it.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 61)
 
@@ -84,7 +84,8 @@ class Metrics:
         )
         self.queries = Counter(
             "pubctl_serve_database_queries",
-            "Queries the server ran, by purpose: feed (a page), health (/healthz).",
+            "Queries the server ran, by purpose: feed (a page), head (a re-read of the last "
+            "published rev after notifications), health (/healthz).",
             ["purpose"],
             registry=r,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import rfc8785
 
 from pubctl.serve.auth import TokenCheck, TokenError, is_loopback, load_tokens
-from pubctl.serve.listener import Notifier
+from pubctl.serve.listener import Head, Notifier
 from pubctl.serve.page import Page
 from pubctl.serve.params import BadParameter, FeedParams, parse_feed_query
 
@@ -83,22 +84,84 @@ def test_page_body_and_etag() -> None:
 
 def test_notifier_never_loses_a_wake_up() -> None:
     async def scenario() -> None:
-        notifier = Notifier()
+        heads = [Head("f", 5)]
+        notifier = Notifier(lambda: _head_of(heads), interval=0.01)
         seen = notifier.generation
-        notifier.published(5)  # between a waiter's read and its wait
-        assert await notifier.wait_past(seen, 0.01)
-        assert not await notifier.wait_past(notifier.generation, 0.01)
+        notifier.hint()  # between a waiter's read and its wait
+        assert await notifier.wait_past(seen, 1)
+        assert notifier.head == Head("f", 5)
+        assert not await notifier.wait_past(notifier.generation, 0.05)
         waiters = [
             asyncio.create_task(notifier.wait_past(notifier.generation, 5)) for _ in range(100)
         ]
         await asyncio.sleep(0)
-        notifier.published(6)
+        heads.append(Head("f", 6))
+        notifier.hint()
         assert all(await asyncio.gather(*waiters))
-        assert notifier.newer_since(seen, 5) and not notifier.newer_since(notifier.generation, 6)
-        before = notifier.generation
-        notifier.reset()
-        assert notifier.newer_since(before, 100)
+        assert notifier.head == Head("f", 6)
+        assert notifier.head.past("f", 5) and not notifier.head.past("f", 6)
+        assert notifier.head.past("g", 6), "a replaced feed is news whatever its revs"
         notifier.close()
         assert notifier.closing
+        await notifier.stop()
+
+    asyncio.run(scenario())
+
+
+async def _head_of(heads: list[Head], reads: list[float] | None = None) -> Head:
+    if reads is not None:
+        reads.append(asyncio.get_running_loop().time())
+    await asyncio.sleep(0.001)
+    return heads[-1]
+
+
+def test_notifications_are_hints_rereads_are_throttled_and_nobody_wakes_for_nothing() -> None:
+    """Hints (notifications, whoever sent them) cost at most one head re-read per
+    interval, one always follows the last of them, and waiters wake only when the head
+    read from the database changed."""
+
+    async def scenario() -> None:
+        reads: list[float] = []
+        heads = [Head("f", 5)]
+        notifier = Notifier(lambda: _head_of(heads, reads), interval=0.1)
+        notifier.hint()
+        await asyncio.sleep(0.05)
+        assert len(reads) == 1 and notifier.head == Head("f", 5)
+        generation = notifier.generation
+        waiter = asyncio.create_task(notifier.wait_past(generation, 5))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < 0.5:  # a burst: a hint every millisecond
+            notifier.hint()
+            await asyncio.sleep(0.001)
+        burst = len(reads) - 1
+        assert 3 <= burst <= 7, burst  # about one per 0.1 s, not one per hint
+        assert all(b - a >= 0.099 for a, b in itertools.pairwise(reads)), reads
+        await asyncio.sleep(0.3)
+        assert len(reads) - 1 <= burst + 1, "one re-read after the last hint at most"
+        assert not waiter.done() and notifier.generation == generation, "nothing moved"
+        heads.append(Head("f", 9))
+        notifier.hint()
+        assert await waiter
+        assert notifier.head == Head("f", 9)
+        await notifier.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_reread_is_tried_again() -> None:
+    async def scenario() -> None:
+        failures = [RuntimeError("down")]
+
+        async def read() -> Head:
+            if failures:
+                raise failures.pop()
+            return Head("f", 1)
+
+        notifier = Notifier(read, interval=0.01, retry=0.05)
+        notifier.hint()
+        assert await notifier.wait_past(0, 2)
+        assert notifier.head == Head("f", 1)
+        await notifier.stop()
 
     asyncio.run(scenario())
