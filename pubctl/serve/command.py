@@ -163,7 +163,8 @@ def run(config: ServeConfig, sock: socket.socket) -> str:
     show_default=True,
     envvar="PUBCTL_SERVE_POOL_SIZE",
     show_envvar=True,
-    help="Database connections for requests (the server holds one more to listen).",
+    help="Database connections for requests (the server holds two more: one listens, one "
+    "serves /healthz).",
 )
 @click.option(
     "--pool-timeout",
