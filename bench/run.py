@@ -19,6 +19,7 @@ import chart
 import feed_kinds
 import orm_peer
 import psycopg
+import revisions
 import serve_bench
 import single_row
 import verify_bench
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "backfill": backfill_bench.run,
     "verify": verify_bench.run,
     "serve": serve_bench.run,
+    "revisions": revisions.run,
 }
 
 
