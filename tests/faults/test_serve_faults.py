@@ -294,7 +294,7 @@ def test_healthz_answers_within_a_second_while_4000_long_polls_are_opened(
         )
         took: list[tuple[float, int]] = []
         all_held_at = None
-        while all_held_at is None or len(took) < 10:  # during, then after
+        while all_held_at is None or len(took) < all_held_at + 5:  # during, then after
             if all_held_at is None and held() == count:
                 all_held_at = len(took)
             start = time.monotonic()
@@ -396,9 +396,28 @@ def test_forged_notifications_are_hints_and_never_answer_a_long_poll(pub_db: Dat
         assert not crowd.answers, "nobody was answered early"
         assert _metric(served, "pubctl_serve_waiting_long_polls") == count
 
-        publish(pub_db, "UPDATE study_topic SET name = 'real' WHERE id = 1")
-        written = time.monotonic()
-        crowd.join(10)
+        # A real publish while forged notifications keep streaming in wakes them all.
+        streaming = threading.Event()
+        stop = threading.Event()
+
+        def stream() -> None:
+            with psycopg.connect(url, autocommit=True) as forger:
+                while not stop.is_set():
+                    forger.execute("SELECT pg_notify('pubctl_published', '99999999999')")
+                    streaming.set()
+                    time.sleep(0.001)
+
+        forging = threading.Thread(target=stream)
+        forging.start()
+        try:
+            assert streaming.wait(10)
+            time.sleep(0.3)
+            publish(pub_db, "UPDATE study_topic SET name = 'real' WHERE id = 1")
+            written = time.monotonic()
+            crowd.join(10)
+        finally:
+            stop.set()
+            forging.join(10)
         assert max(at for _, _, at in crowd.answers) - written < 1.0
         assert all(
             status == 200 and [i["payload"]["name"] for i in body["items"]] == ["real"]

