@@ -5,6 +5,8 @@
 -- * Grants beyond the documented ones reported (pub.undocumented_grants) and revoked
 --   by every migrate (pub.revoke_undocumented_grants).
 -- * The DDL guard on projected columns, when a superuser migrates.
+-- * The state a transaction ends with is the state published: a capture whose state
+--   may be stale writes the row's current state (pub.capture_current_items).
 -- Takes no lock on the application's tables beyond the event trigger's creation.
 
 SET LOCAL search_path = pg_catalog, pg_temp;
@@ -264,6 +266,536 @@ BEGIN ATOMIC
           NOT IN ('off', 'false', 'no', '0', 'f', 'n');
 END;
 
+-- ===== the state a transaction ends with is the state published =====
+CREATE FUNCTION pub.written_otherwise(relation oid, inserting boolean) RETURNS boolean
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT pg_catalog.current_setting('track_counts') <> 'on'
+        OR CASE WHEN inserting
+                THEN pg_catalog.pg_stat_get_xact_tuples_updated(relation)
+                     + pg_catalog.pg_stat_get_xact_tuples_deleted(relation)
+                ELSE pg_catalog.pg_stat_get_xact_tuples_inserted(relation)
+                     + pg_catalog.pg_stat_get_xact_tuples_updated(relation)
+           END > 0;
+END;
+
+CREATE FUNCTION pub.capture_current_items(source text, kinds text[], ids bigint[])
+    RETURNS bigint[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET row_security = off
+AS $$
+DECLARE
+    written bigint[];
+BEGIN
+    IF cardinality(ids) IS DISTINCT FROM cardinality(kinds) OR cardinality(ids) = 0 THEN
+        RETURN '{}';
+    END IF;
+    PERFORM pub.require_source(source);
+    EXECUTE format($q$
+        WITH wanted AS MATERIALIZED (
+            SELECT DISTINCT ON (w.kind, w.source_id) w.n, w.kind, w.source_id
+            FROM unnest($1, $2) WITH ORDINALITY AS w(kind, source_id, n)
+            ORDER BY w.kind, w.source_id, w.n
+        ), current_rows AS MATERIALIZED (
+            SELECT %3$s FROM %1$I.%2$I AS r
+            WHERE r.id = ANY (SELECT w.source_id FROM wanted AS w)
+        ), items AS MATERIALIZED (%4$s
+        ), numbered AS (
+            SELECT nextval('pub.outbox_id_seq') AS id, x.kind, x.source_id, x.canonical
+            FROM (SELECT w.n, w.kind, w.source_id, i.canonical
+                  FROM wanted AS w
+                  LEFT JOIN items AS i ON (i.kind, i.source_id) = (w.kind, w.source_id)
+                  ORDER BY w.n) AS x
+        ), inserted AS (
+            INSERT INTO pub.outbox
+                (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+            OVERRIDING SYSTEM VALUE
+            SELECT n.id, n.kind, n.source_id, pub.outbox_payload(n.canonical),
+                   pub.outbox_payload_hash(n.canonical), pub.schema_version(),
+                   n.canonical IS NULL
+            FROM numbered AS n
+            RETURNING id
+        )
+        SELECT array_agg(i.id ORDER BY i.id) FROM inserted AS i
+    $q$, (SELECT s.app_schema FROM pub.settings AS s), source, pub.source_select_list(source),
+         pub.source_items_sql(source, 'current_rows'))
+    INTO written USING kinds, ids;
+    RETURN written;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.capture_current_items(text, text[], bigint[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pub.capture_topic_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        -- Run by another trigger: later UPDATE captures read the current state.
+        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF pub.written_otherwise(TG_RELID, true) THEN
+        -- Rows may have changed since they were inserted: their current state. The
+        -- columns' types are checked before any is read (as on the fast path).
+        PERFORM pub.require_source(TG_TABLE_NAME);
+        IF cardinality(pub.capture_current_items(TG_TABLE_NAME,
+               ARRAY(SELECT 'topic' FROM new_rows AS r WHERE pub.topic_is_live(r.deleted_at)),
+               ARRAY(SELECT r.id::bigint FROM new_rows AS r
+                     WHERE pub.topic_is_live(r.deleted_at)))) > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        RETURN NULL;
+    END IF;
+    -- A row inserted already deleted was never published: nothing to tombstone.
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'topic', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.topic_is_live(r.deleted_at)
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_topic_shape(pg_typeof(t.id), pg_typeof(t.name),
+                                          pg_typeof(t.exam_round_size), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_question_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    enqueued boolean;
+    kinds text[];
+    ids bigint[];
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        -- Run by another trigger: later UPDATE captures read the current state.
+        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF pub.written_otherwise(TG_RELID, true) THEN
+        -- Rows may have changed since they were inserted: their current state. The
+        -- columns' types are checked before any is read (as on the fast path).
+        PERFORM pub.require_source(TG_TABLE_NAME);
+        SELECT array_agg(i.kind), array_agg(i.source_id) INTO kinds, ids
+        FROM new_rows AS r
+        CROSS JOIN LATERAL (VALUES ('question', pub.question_is_live(r.deleted_at)),
+                                   ('explanation', pub.explanation_is_live(
+                                        r.deleted_at, r.explanation_status))) AS k(kind, live),
+             LATERAL (SELECT k.kind, r.id::bigint) AS i(kind, source_id)
+        WHERE k.live;
+        IF cardinality(pub.capture_current_items(TG_TABLE_NAME, kinds, ids)) > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'question', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
+                                        r.body, r.choices, r.answer, r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.question_is_live(r.deleted_at)
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
+    enqueued := FOUND;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'explanation', i.source_id, pub.outbox_payload(i.canonical),
+           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
+    FROM (SELECT r.id::bigint,
+                 pub.explanation_canonical(r.id, r.explanation, r.explanation_status,
+                                           r.deleted_at)
+          FROM new_rows AS r
+          WHERE pub.explanation_is_live(r.deleted_at, r.explanation_status)
+          OFFSET 0) AS i(source_id, canonical)
+    WHERE (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
+    IF enqueued OR FOUND THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_topic_delete() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        -- Run by another trigger: later UPDATE captures read the current state.
+        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF pub.written_otherwise(TG_RELID, false) THEN
+        -- An id may hold another row by now (moved or inserted there): its current state.
+        -- The columns' types are checked before any is read (as on the fast path).
+        PERFORM pub.require_source(TG_TABLE_NAME);
+        IF cardinality(pub.capture_current_items(TG_TABLE_NAME,
+               ARRAY(SELECT 'topic' FROM old_rows AS r WHERE pub.topic_is_live(r.deleted_at)),
+               ARRAY(SELECT r.id::bigint FROM old_rows AS r
+                     WHERE pub.topic_is_live(r.deleted_at)))) > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT 'topic', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+           pub.schema_version(), true
+    FROM old_rows AS r
+    WHERE pub.topic_is_live(r.deleted_at)
+      AND (SELECT pub.require_topic_shape(pg_typeof(t.id), pg_typeof(t.name),
+                                          pg_typeof(t.exam_round_size), pg_typeof(t.deleted_at))
+           FROM old_rows AS t LIMIT 1) IS NOT FALSE;
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_question_delete() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kinds text[];
+    ids bigint[];
+BEGIN
+    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        -- Run by another trigger: later UPDATE captures read the current state.
+        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF pub.written_otherwise(TG_RELID, false) THEN
+        -- An id may hold another row by now (moved or inserted there): its current state.
+        -- The columns' types are checked before any is read (as on the fast path).
+        PERFORM pub.require_source(TG_TABLE_NAME);
+        SELECT array_agg(i.kind), array_agg(i.source_id) INTO kinds, ids
+        FROM old_rows AS r
+        CROSS JOIN LATERAL (VALUES ('question', pub.question_is_live(r.deleted_at)),
+                                   ('explanation', pub.explanation_is_live(
+                                        r.deleted_at, r.explanation_status))) AS k(kind, live),
+             LATERAL (SELECT k.kind, r.id::bigint) AS i(kind, source_id)
+        WHERE k.live;
+        IF cardinality(pub.capture_current_items(TG_TABLE_NAME, kinds, ids)) > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        RETURN NULL;
+    END IF;
+    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
+    SELECT k.kind, r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
+           pub.schema_version(), true
+    FROM old_rows AS r
+    CROSS JOIN (VALUES ('question'), ('explanation')) AS k(kind)
+    WHERE CASE k.kind
+              WHEN 'question' THEN pub.question_is_live(r.deleted_at)
+              ELSE pub.explanation_is_live(r.deleted_at, r.explanation_status)
+          END
+      AND (SELECT pub.require_question_shape(
+                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
+                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
+                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
+                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
+           FROM old_rows AS t LIMIT 1) IS NOT FALSE;
+    IF FOUND THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_topic_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Before any column is read (pub.require_topic_shape); OLD has NEW's row type.
+    shape_ok constant boolean := pub.require_topic_shape(
+        pg_typeof(NEW.id), pg_typeof(NEW.name), pg_typeof(NEW.exam_round_size),
+        pg_typeof(NEW.deleted_at));
+    was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
+    is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
+    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
+    topic_text text;
+    previous text := current_setting('pubctl.last_enqueued', true);
+    -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
+    first_id bigint;
+    second_id bigint;
+    ids bigint[];
+    noted text;
+BEGIN
+    IF same_id AND NOT (was_live IS DISTINCT FROM is_live
+                        OR (is_live AND ((OLD.name COLLATE "C"), OLD.exam_round_size)
+                                        IS DISTINCT FROM ((NEW.name COLLATE "C"),
+                                                          NEW.exam_round_size))) THEN
+        RETURN NULL;  -- nothing published changed (deleted_at moved, say)
+    END IF;
+    IF NOT same_id AND NOT was_live AND NOT is_live THEN
+        RETURN NULL;  -- a key change of a row deleted before and after
+    END IF;
+    IF current_setting('pubctl.publishing_on_in', true)
+       IS DISTINCT FROM pg_current_xact_id()::text THEN
+        IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+            RETURN NULL;
+        END IF;
+        noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF starts_with(previous, 'topic:' || OLD.id || ':')
+       AND previous ~ '^[a-z]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+        -- Superseded: this transaction's own rows of the items written below.
+        DELETE FROM pub.outbox AS o
+        WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
+          AND o.kind = 'topic'
+          AND ((o.source_id = NEW.id AND (same_id OR is_live))
+               OR (NOT same_id AND o.source_id = OLD.id AND was_live))
+          AND o.xmin = pg_current_xact_id()::xid;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        noted := set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF current_setting('pubctl.nested_capture_in', true) = pg_current_xact_id()::text THEN
+        -- A statement run by a trigger may have changed the row since: its current state
+        -- (see the header).
+        ids := pub.capture_current_items('study_topic',
+            CASE WHEN same_id OR NOT was_live OR NOT is_live THEN '{topic}'::text[]
+                 ELSE '{topic,topic}' END,
+            CASE WHEN same_id OR NOT was_live THEN ARRAY[NEW.id::bigint]
+                 WHEN NOT is_live THEN ARRAY[OLD.id::bigint]
+                 ELSE ARRAY[OLD.id::bigint, NEW.id::bigint] END);
+        IF COALESCE(previous, '') = '' THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        noted := set_config('pubctl.last_enqueued',
+            'topic:' || NEW.id || ':' || array_to_string(ids, ','), true);
+        RETURN NULL;
+    END IF;
+    first_id := nextval('pub.outbox_id_seq');
+    IF is_live THEN
+        topic_text := pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
+    END IF;
+    IF same_id OR NOT was_live THEN
+        -- The item itself: its new payload, or its tombstone.
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', NEW.id, pub.outbox_payload(topic_text),
+                pub.outbox_payload_hash(topic_text), pub.schema_version(), topic_text IS NULL);
+    ELSIF NOT is_live THEN
+        -- A new id is a new item: the old one ends (the new one was never live).
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
+                pub.outbox_payload_hash(NULL), pub.schema_version(), true);
+    ELSE
+        -- A new id is a new item: the old one ends, the new one begins.
+        second_id := nextval('pub.outbox_id_seq');
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
+                pub.outbox_payload_hash(NULL), pub.schema_version(), true),
+               (second_id, 'topic', NEW.id, pub.outbox_payload(topic_text),
+                pub.outbox_payload_hash(topic_text), pub.schema_version(), false);
+    END IF;
+    IF COALESCE(previous, '') = '' THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    noted := set_config('pubctl.last_enqueued',
+        concat_ws(',', 'topic:' || NEW.id || ':' || first_id, second_id), true);
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_question_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Before any column is read (pub.require_question_shape); OLD has NEW's row type.
+    shape_ok constant boolean := pub.require_question_shape(
+        pg_typeof(NEW.id), pg_typeof(NEW.topic_id), pg_typeof(NEW.exam_name),
+        pg_typeof(NEW.exam_round), pg_typeof(NEW.number), pg_typeof(NEW.body),
+        pg_typeof(NEW.choices), pg_typeof(NEW.answer), pg_typeof(NEW.explanation),
+        pg_typeof(NEW.explanation_status), pg_typeof(NEW.deleted_at));
+    question_was_live constant boolean := pub.question_is_live(OLD.deleted_at);
+    question_is_live constant boolean := pub.question_is_live(NEW.deleted_at);
+    explanation_was_live constant boolean :=
+        pub.explanation_is_live(OLD.deleted_at, OLD.explanation_status);
+    explanation_is_live constant boolean :=
+        pub.explanation_is_live(NEW.deleted_at, NEW.explanation_status);
+    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
+    -- The new id's items to write: a live item whose payload or liveness changed (all of
+    -- them after a key change), and, under the same id, items that stopped being live.
+    question_changes constant boolean :=
+        (question_is_live
+         AND (NOT same_id OR NOT question_was_live
+              OR (OLD.topic_id, (OLD.exam_name COLLATE "C"), OLD.exam_round, OLD.number,
+                  (OLD.body COLLATE "C"), OLD.choices, OLD.answer)
+                 IS DISTINCT FROM (NEW.topic_id, (NEW.exam_name COLLATE "C"), NEW.exam_round,
+                                   NEW.number, (NEW.body COLLATE "C"), NEW.choices, NEW.answer)))
+        OR (same_id AND question_was_live AND NOT question_is_live);
+    explanation_changes constant boolean :=
+        (explanation_is_live
+         AND (NOT same_id OR NOT explanation_was_live
+              OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
+        OR (same_id AND explanation_was_live AND NOT explanation_is_live);
+    question_text text;
+    explanation_text text;
+    previous text := current_setting('pubctl.last_enqueued', true);
+    -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
+    ids bigint[];
+    kinds text[];
+    source_ids bigint[];
+    noted text;
+BEGIN
+    IF NOT (question_changes OR explanation_changes)
+       AND (same_id OR NOT (question_was_live OR explanation_was_live)) THEN
+        RETURN NULL;  -- nothing published changed
+    END IF;
+    IF current_setting('pubctl.publishing_on_in', true)
+       IS DISTINCT FROM pg_current_xact_id()::text THEN
+        IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+            RETURN NULL;
+        END IF;
+        noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF starts_with(previous, 'question:' || OLD.id || ':')
+       AND previous ~ '^[a-z]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+        -- Superseded: this transaction's own rows of the items written below.
+        DELETE FROM pub.outbox AS o
+        WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
+          AND ((o.source_id = NEW.id
+                AND ((o.kind = 'question' AND question_changes)
+                     OR (o.kind = 'explanation' AND explanation_changes)))
+               OR (NOT same_id AND o.source_id = OLD.id
+                   AND ((o.kind = 'question' AND question_was_live)
+                        OR (o.kind = 'explanation' AND explanation_was_live))))
+          AND o.xmin = pg_current_xact_id()::xid;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        noted := set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF current_setting('pubctl.nested_capture_in', true) = pg_current_xact_id()::text THEN
+        -- A statement run by a trigger may have changed the row since: its current state
+        -- (see the header), for the same items as below, in the same order.
+        SELECT array_agg(i.kind ORDER BY i.n), array_agg(i.source_id ORDER BY i.n)
+        INTO kinds, source_ids
+        FROM (VALUES (1, 'question', OLD.id::bigint, NOT same_id AND question_was_live),
+                     (2, 'explanation', OLD.id::bigint, NOT same_id AND explanation_was_live),
+                     (3, 'question', NEW.id::bigint, question_changes),
+                     (4, 'explanation', NEW.id::bigint, explanation_changes))
+             AS i(n, kind, source_id, wanted)
+        WHERE i.wanted;
+        ids := pub.capture_current_items('study_question', kinds, source_ids);
+        IF COALESCE(previous, '') = '' THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        noted := set_config('pubctl.last_enqueued',
+            'question:' || NEW.id || ':' || array_to_string(ids, ','), true);
+        RETURN NULL;
+    END IF;
+    IF question_changes THEN
+        question_text := pub.question_canonical(
+            NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
+            NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
+    END IF;
+    IF explanation_changes THEN
+        explanation_text := pub.explanation_canonical(
+            NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
+    END IF;
+    IF NOT same_id THEN
+        -- A new id is a new item: the old one ends, the new one begins. Rare: the
+        -- general form, ids in outbox order.
+        WITH wanted AS (
+            SELECT i.n, i.kind, i.source_id, i.canonical
+            FROM (VALUES (1, 'question', OLD.id::bigint, NULL::text, question_was_live),
+                         (2, 'explanation', OLD.id::bigint, NULL::text, explanation_was_live),
+                         (3, 'question', NEW.id::bigint, question_text, question_changes),
+                         (4, 'explanation', NEW.id::bigint, explanation_text,
+                          explanation_changes))
+                 AS i(n, kind, source_id, canonical, wanted)
+            WHERE i.wanted
+        ), numbered AS (
+            SELECT nextval('pub.outbox_id_seq') AS id, w.*
+            FROM (SELECT * FROM wanted ORDER BY n) AS w
+        ), inserted AS (
+            INSERT INTO pub.outbox
+                (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+            OVERRIDING SYSTEM VALUE
+            SELECT i.id, i.kind, i.source_id, pub.outbox_payload(i.canonical),
+                   pub.outbox_payload_hash(i.canonical), pub.schema_version(),
+                   i.canonical IS NULL
+            FROM numbered AS i
+            RETURNING id
+        )
+        SELECT array_agg(r.id ORDER BY r.id) INTO ids FROM inserted AS r;
+    ELSIF question_changes AND explanation_changes THEN
+        ids := ARRAY[nextval('pub.outbox_id_seq'), nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_text),
+                pub.outbox_payload_hash(question_text), pub.schema_version(),
+                question_text IS NULL),
+               (ids[2], 'explanation', NEW.id, pub.outbox_payload(explanation_text),
+                pub.outbox_payload_hash(explanation_text), pub.schema_version(),
+                explanation_text IS NULL);
+    ELSIF question_changes THEN
+        ids := ARRAY[nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_text),
+                pub.outbox_payload_hash(question_text), pub.schema_version(),
+                question_text IS NULL);
+    ELSE
+        ids := ARRAY[nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'explanation', NEW.id, pub.outbox_payload(explanation_text),
+                pub.outbox_payload_hash(explanation_text), pub.schema_version(),
+                explanation_text IS NULL);
+    END IF;
+    IF COALESCE(previous, '') = '' THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    noted := set_config('pubctl.last_enqueued',
+        'question:' || NEW.id || ':' || array_to_string(ids, ','), true);
+    RETURN NULL;
+END;
+$$;
+
+
 -- ===== capture problems: undocumented grants =====
 CREATE OR REPLACE FUNCTION pub.capture_problems() RETURNS TABLE (subject text, problem text)
     LANGUAGE plpgsql STABLE
@@ -345,6 +877,8 @@ BEGIN
                WHERE p.oid = 'pub.capture_topic_insert()'::pg_catalog.regprocedure
                  AND r.rolname = 'pubctl_capture') THEN
         GRANT INSERT ON pub.unpublished_writers TO pubctl_capture;
+        GRANT EXECUTE ON FUNCTION pub.capture_current_items(text, text[], bigint[])
+            TO pubctl_capture;
     END IF;
 END;
 $capture$;
@@ -495,7 +1029,8 @@ BEGIN ATOMIC
         ('pub.outbox_id_seq', 'pubctl_capture', 'USAGE'),
         ('pub.unpublished_writers', 'pubctl_capture', 'INSERT'),
         ('pub.unpublished_write_allowed()', 'pubctl_capture', 'EXECUTE'),
-        ('pub.notify_outbox()', 'pubctl_capture', 'EXECUTE')
+        ('pub.notify_outbox()', 'pubctl_capture', 'EXECUTE'),
+        ('pub.capture_current_items(text,text[],bigint[])', 'pubctl_capture', 'EXECUTE')
     ) AS d(object, grantee, privilege)
     UNION ALL
     -- PUBLIC keeps EXECUTE on the functions that compute and check, the Postgres

@@ -11,6 +11,31 @@
 --   join about 50% more, because Postgres fills them for every updated row.
 -- * TRUNCATE fires no row triggers, so it is refused while publishing is on.
 --
+-- Why the state a transaction ends with is the state published, whatever the order
+-- in which its captures fire. Postgres fires AFTER STATEMENT triggers after every AFTER
+-- ROW event of the statement, nested statements' included, and a statement run by
+-- another trigger (the application's) fires its captures before the events still
+-- queued for the statement that ran it. So a capture can run after a newer capture of
+-- the same item, holding an older state of the row (a transition table's, or NEW), and
+-- the applier keeps the newest outbox row per item. The rule that holds whatever the
+-- order: a capture writes the state the row has when the capture runs. The latest
+-- capture of an item then runs after its latest change and reads it; every change made
+-- after a capture fires a capture of its own, later.
+--
+-- Reading the table costs a query, so capture reads it only when the state it holds
+-- may be stale, and otherwise writes from NEW or the transition table as before:
+-- * INSERT (DELETE) capture: when this transaction has updated or deleted (inserted
+--   or updated) rows of the same table, as Postgres's per-transaction counters
+--   (pg_stat_get_xact_tuples_*) say; without those writes no row of the statement can
+--   have changed since (pub.written_otherwise);
+-- * UPDATE capture: once a capture has run inside another trigger in this transaction
+--   (pg_trigger_depth() > 1, noted in pubctl.nested_capture_in): only a statement run
+--   by a trigger can change a row between its UPDATE and that UPDATE's queued capture
+--   (one statement changes a row at most once, and its own row events fire in the
+--   order the rows changed).
+-- pub.capture_current_items reads and writes the current state; a row gone since is
+-- a tombstone. Extra outbox rows are harmless (churn 0); a stale last row is not.
+--
 -- Who runs this code. The functions are SECURITY DEFINER, so that the application's
 -- role needs no privilege on schema pub to be published and cannot write the outbox
 -- itself. Their owner is the NOLOGIN role pubctl_capture when `pubctl migrate` could
@@ -37,6 +62,77 @@ CREATE TABLE pub.capture_triggers (
 COMMENT ON TABLE pub.capture_triggers IS
     'The triggers pubctl attached to the application''s tables, as defined when attached; status and verify compare the catalog with them.';
 
+-- Whether this transaction wrote the source table, other than by inserting (for an
+-- INSERT capture) or deleting (for a DELETE capture): then a row of the capturing
+-- statement may have changed since the transition table recorded it. Without
+-- track_counts the counters stay at 0: assume it did.
+CREATE FUNCTION pub.written_otherwise(relation oid, inserting boolean) RETURNS boolean
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT pg_catalog.current_setting('track_counts') <> 'on'
+        OR CASE WHEN inserting
+                THEN pg_catalog.pg_stat_get_xact_tuples_updated(relation)
+                     + pg_catalog.pg_stat_get_xact_tuples_deleted(relation)
+                ELSE pg_catalog.pg_stat_get_xact_tuples_inserted(relation)
+                     + pg_catalog.pg_stat_get_xact_tuples_updated(relation)
+           END > 0;
+END;
+
+-- Write the current state of the items (kinds[i], ids[i]) of a source to the outbox, in
+-- that order: the payload of a live row, a tombstone for a row not live or gone.
+-- Returns the outbox ids written. Reads the table, so it runs as the role that
+-- migrated (SECURITY DEFINER; only the capture functions' owner may call it), which may
+-- read the source, and like backfill: the columns' types checked first, only the
+-- projected columns read, row-level security off (a policy makes it fail rather than
+-- run). Inputs are ids and kinds pubctl's triggers computed.
+CREATE FUNCTION pub.capture_current_items(source text, kinds text[], ids bigint[])
+    RETURNS bigint[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET row_security = off
+AS $$
+DECLARE
+    written bigint[];
+BEGIN
+    IF cardinality(ids) IS DISTINCT FROM cardinality(kinds) OR cardinality(ids) = 0 THEN
+        RETURN '{}';
+    END IF;
+    PERFORM pub.require_source(source);
+    EXECUTE format($q$
+        WITH wanted AS MATERIALIZED (
+            SELECT DISTINCT ON (w.kind, w.source_id) w.n, w.kind, w.source_id
+            FROM unnest($1, $2) WITH ORDINALITY AS w(kind, source_id, n)
+            ORDER BY w.kind, w.source_id, w.n
+        ), current_rows AS MATERIALIZED (
+            SELECT %3$s FROM %1$I.%2$I AS r
+            WHERE r.id = ANY (SELECT w.source_id FROM wanted AS w)
+        ), items AS MATERIALIZED (%4$s
+        ), numbered AS (
+            SELECT nextval('pub.outbox_id_seq') AS id, x.kind, x.source_id, x.canonical
+            FROM (SELECT w.n, w.kind, w.source_id, i.canonical
+                  FROM wanted AS w
+                  LEFT JOIN items AS i ON (i.kind, i.source_id) = (w.kind, w.source_id)
+                  ORDER BY w.n) AS x
+        ), inserted AS (
+            INSERT INTO pub.outbox
+                (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+            OVERRIDING SYSTEM VALUE
+            SELECT n.id, n.kind, n.source_id, pub.outbox_payload(n.canonical),
+                   pub.outbox_payload_hash(n.canonical), pub.schema_version(),
+                   n.canonical IS NULL
+            FROM numbered AS n
+            RETURNING id
+        )
+        SELECT array_agg(i.id ORDER BY i.id) FROM inserted AS i
+    $q$, (SELECT s.app_schema FROM pub.settings AS s), source, pub.source_select_list(source),
+         pub.source_items_sql(source, 'current_rows'))
+    INTO written USING kinds, ids;
+    RETURN written;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.capture_current_items(text, text[], bigint[]) FROM PUBLIC;
+
 -- The statement triggers write one INSERT ... SELECT per kind from the transition
 -- table. Each SELECT filters on liveness and computes the canonical text in a
 -- subquery kept apart by OFFSET 0, so that the text is built once per row although
@@ -51,6 +147,22 @@ CREATE FUNCTION pub.capture_topic_insert() RETURNS trigger
 AS $$
 BEGIN
     IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        -- Run by another trigger: later UPDATE captures read the current state.
+        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF pub.written_otherwise(TG_RELID, true) THEN
+        -- Rows may have changed since they were inserted: their current state. The
+        -- columns' types are checked before any is read (as on the fast path).
+        PERFORM pub.require_source(TG_TABLE_NAME);
+        IF cardinality(pub.capture_current_items(TG_TABLE_NAME,
+               ARRAY(SELECT 'topic' FROM new_rows AS r WHERE pub.topic_is_live(r.deleted_at)),
+               ARRAY(SELECT r.id::bigint FROM new_rows AS r
+                     WHERE pub.topic_is_live(r.deleted_at)))) > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
         RETURN NULL;
     END IF;
     -- A row inserted already deleted was never published: nothing to tombstone.
@@ -78,8 +190,30 @@ CREATE FUNCTION pub.capture_question_insert() RETURNS trigger
 AS $$
 DECLARE
     enqueued boolean;
+    kinds text[];
+    ids bigint[];
 BEGIN
     IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        -- Run by another trigger: later UPDATE captures read the current state.
+        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF pub.written_otherwise(TG_RELID, true) THEN
+        -- Rows may have changed since they were inserted: their current state. The
+        -- columns' types are checked before any is read (as on the fast path).
+        PERFORM pub.require_source(TG_TABLE_NAME);
+        SELECT array_agg(i.kind), array_agg(i.source_id) INTO kinds, ids
+        FROM new_rows AS r
+        CROSS JOIN LATERAL (VALUES ('question', pub.question_is_live(r.deleted_at)),
+                                   ('explanation', pub.explanation_is_live(
+                                        r.deleted_at, r.explanation_status))) AS k(kind, live),
+             LATERAL (SELECT k.kind, r.id::bigint) AS i(kind, source_id)
+        WHERE k.live;
+        IF cardinality(pub.capture_current_items(TG_TABLE_NAME, kinds, ids)) > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
         RETURN NULL;
     END IF;
     INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
@@ -129,6 +263,22 @@ BEGIN
     IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
         RETURN NULL;
     END IF;
+    IF pg_trigger_depth() > 1 THEN
+        -- Run by another trigger: later UPDATE captures read the current state.
+        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF pub.written_otherwise(TG_RELID, false) THEN
+        -- An id may hold another row by now (moved or inserted there): its current state.
+        -- The columns' types are checked before any is read (as on the fast path).
+        PERFORM pub.require_source(TG_TABLE_NAME);
+        IF cardinality(pub.capture_current_items(TG_TABLE_NAME,
+               ARRAY(SELECT 'topic' FROM old_rows AS r WHERE pub.topic_is_live(r.deleted_at)),
+               ARRAY(SELECT r.id::bigint FROM old_rows AS r
+                     WHERE pub.topic_is_live(r.deleted_at)))) > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        RETURN NULL;
+    END IF;
     INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
     SELECT 'topic', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
            pub.schema_version(), true
@@ -148,8 +298,31 @@ CREATE FUNCTION pub.capture_question_delete() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    kinds text[];
+    ids bigint[];
 BEGIN
     IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+        RETURN NULL;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        -- Run by another trigger: later UPDATE captures read the current state.
+        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF pub.written_otherwise(TG_RELID, false) THEN
+        -- An id may hold another row by now (moved or inserted there): its current state.
+        -- The columns' types are checked before any is read (as on the fast path).
+        PERFORM pub.require_source(TG_TABLE_NAME);
+        SELECT array_agg(i.kind), array_agg(i.source_id) INTO kinds, ids
+        FROM old_rows AS r
+        CROSS JOIN LATERAL (VALUES ('question', pub.question_is_live(r.deleted_at)),
+                                   ('explanation', pub.explanation_is_live(
+                                        r.deleted_at, r.explanation_status))) AS k(kind, live),
+             LATERAL (SELECT k.kind, r.id::bigint) AS i(kind, source_id)
+        WHERE k.live;
+        IF cardinality(pub.capture_current_items(TG_TABLE_NAME, kinds, ids)) > 0 THEN
+            PERFORM pub.notify_outbox();
+        END IF;
         RETURN NULL;
     END IF;
     INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
@@ -214,6 +387,7 @@ DECLARE
     -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
     first_id bigint;
     second_id bigint;
+    ids bigint[];
     noted text;
 BEGIN
     IF same_id AND NOT (was_live IS DISTINCT FROM is_live
@@ -241,6 +415,25 @@ BEGIN
           AND ((o.source_id = NEW.id AND (same_id OR is_live))
                OR (NOT same_id AND o.source_id = OLD.id AND was_live))
           AND o.xmin = pg_current_xact_id()::xid;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        noted := set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF current_setting('pubctl.nested_capture_in', true) = pg_current_xact_id()::text THEN
+        -- A statement run by a trigger may have changed the row since: its current state
+        -- (see the header).
+        ids := pub.capture_current_items('study_topic',
+            CASE WHEN same_id OR NOT was_live OR NOT is_live THEN '{topic}'::text[]
+                 ELSE '{topic,topic}' END,
+            CASE WHEN same_id OR NOT was_live THEN ARRAY[NEW.id::bigint]
+                 WHEN NOT is_live THEN ARRAY[OLD.id::bigint]
+                 ELSE ARRAY[OLD.id::bigint, NEW.id::bigint] END);
+        IF COALESCE(previous, '') = '' THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        noted := set_config('pubctl.last_enqueued',
+            'topic:' || NEW.id || ':' || array_to_string(ids, ','), true);
+        RETURN NULL;
     END IF;
     first_id := nextval('pub.outbox_id_seq');
     IF is_live THEN
@@ -318,6 +511,8 @@ DECLARE
     previous text := current_setting('pubctl.last_enqueued', true);
     -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
     ids bigint[];
+    kinds text[];
+    source_ids bigint[];
     noted text;
 BEGIN
     IF NOT (question_changes OR explanation_changes)
@@ -343,6 +538,28 @@ BEGIN
                    AND ((o.kind = 'question' AND question_was_live)
                         OR (o.kind = 'explanation' AND explanation_was_live))))
           AND o.xmin = pg_current_xact_id()::xid;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        noted := set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF current_setting('pubctl.nested_capture_in', true) = pg_current_xact_id()::text THEN
+        -- A statement run by a trigger may have changed the row since: its current state
+        -- (see the header), for the same items as below, in the same order.
+        SELECT array_agg(i.kind ORDER BY i.n), array_agg(i.source_id ORDER BY i.n)
+        INTO kinds, source_ids
+        FROM (VALUES (1, 'question', OLD.id::bigint, NOT same_id AND question_was_live),
+                     (2, 'explanation', OLD.id::bigint, NOT same_id AND explanation_was_live),
+                     (3, 'question', NEW.id::bigint, question_changes),
+                     (4, 'explanation', NEW.id::bigint, explanation_changes))
+             AS i(n, kind, source_id, wanted)
+        WHERE i.wanted;
+        ids := pub.capture_current_items('study_question', kinds, source_ids);
+        IF COALESCE(previous, '') = '' THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        noted := set_config('pubctl.last_enqueued',
+            'question:' || NEW.id || ':' || array_to_string(ids, ','), true);
+        RETURN NULL;
     END IF;
     IF question_changes THEN
         question_text := pub.question_canonical(
@@ -626,7 +843,8 @@ BEGIN
     GRANT SELECT ON SEQUENCE pub.publishing_epoch TO pubctl_capture;
     GRANT USAGE ON SEQUENCE pub.outbox_id_seq TO pubctl_capture;
     GRANT INSERT ON pub.unpublished_writers TO pubctl_capture;
-    GRANT EXECUTE ON FUNCTION pub.unpublished_write_allowed(), pub.notify_outbox()
+    GRANT EXECUTE ON FUNCTION pub.unpublished_write_allowed(), pub.notify_outbox(),
+        pub.capture_current_items(text, text[], bigint[])
         TO pubctl_capture;
     ALTER FUNCTION pub.capture_topic_insert() OWNER TO pubctl_capture;
     ALTER FUNCTION pub.capture_question_insert() OWNER TO pubctl_capture;

@@ -35,7 +35,8 @@ BEGIN ATOMIC
         ('pub.outbox_id_seq', 'pubctl_capture', 'USAGE'),
         ('pub.unpublished_writers', 'pubctl_capture', 'INSERT'),
         ('pub.unpublished_write_allowed()', 'pubctl_capture', 'EXECUTE'),
-        ('pub.notify_outbox()', 'pubctl_capture', 'EXECUTE')
+        ('pub.notify_outbox()', 'pubctl_capture', 'EXECUTE'),
+        ('pub.capture_current_items(text,text[],bigint[])', 'pubctl_capture', 'EXECUTE')
     ) AS d(object, grantee, privilege)
     UNION ALL
     -- PUBLIC keeps EXECUTE on the functions that compute and check, the Postgres
