@@ -98,12 +98,22 @@ class HealthProbe:
 
     async def _query_once(self, purpose: str) -> HealthRow:
         conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            self._conn = None
-            conn = await db.connect_async(
-                self.url, autocommit=True, application_name=APPLICATION_NAME
-            )
-            self._conn = conn
+        if conn is not None and not (conn.closed or conn.broken):
+            try:
+                return await self._run(conn, purpose)
+            except psycopg.OperationalError:
+                if not (conn.closed or conn.broken):
+                    raise
+                # Lost since its last use (a database restart): once more, on a new one.
+                self._conn = None
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+        self._conn = None
+        conn = await db.connect_async(self.url, autocommit=True, application_name=APPLICATION_NAME)
+        self._conn = conn
+        return await self._run(conn, purpose)
+
+    async def _run(self, conn: psycopg.AsyncConnection[tuple[Any, ...]], purpose: str) -> HealthRow:
         self.on_query(purpose)
         cur = await conn.execute(query("serve_health"))
         row = await cur.fetchone()

@@ -449,6 +449,42 @@ def test_health_never_waits_behind_the_feed_pool(served_db: Database) -> None:
     assert "Traceback" not in small.log
 
 
+def test_health_has_one_connection_of_its_own_and_reopens_it_when_lost(
+    served_db: Database,
+) -> None:
+    def health_sessions() -> list[int]:
+        with served_db.connect() as conn:
+            return [
+                pid
+                for (pid,) in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'pubctl serve health'"
+                )
+            ]
+
+    others = set(health_sessions())  # the module's server
+    with Served(reader_url(served_db)) as served:
+        host, port = rawhttp.host_port(served.base)
+
+        async def together() -> list[int]:
+            answered = await asyncio.gather(
+                *(rawhttp.get(host, port, "/healthz") for _ in range(50))
+            )
+            return [status for status, _fields, _body, _at in answered]
+
+        assert asyncio.run(together()) == [200] * 50
+        sessions = [pid for pid in health_sessions() if pid not in others]
+        assert len(sessions) == 1, sessions
+        with served_db.connect() as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (sessions[0],))
+        # Lost behind its back: the next check opens another and still answers 200.
+        start = time.monotonic()
+        again = httpx.get(served.url("/healthz"), timeout=30)
+        assert again.status_code == 200 and time.monotonic() - start < 1.0
+        assert len([pid for pid in health_sessions() if pid not in others]) == 1
+    assert "Traceback" not in served.log
+
+
 def _metric(served: Served, series: str) -> float:
     for line in httpx.get(served.url("/metrics"), timeout=10).text.splitlines():
         if line.startswith(series + " "):
