@@ -53,8 +53,12 @@ def _insert_after_update(url: str) -> float:
         return write_path._timed(
             conn,
             [
-                "UPDATE study_topic SET name = name || '.' WHERE id = 1",
-                f"INSERT INTO study_question ({cols}) SELECT {cols} FROM bench_staged",
+                f"INSERT INTO study_question ({cols}) SELECT {cols} FROM bench_staged"
+                " ORDER BY id DESC LIMIT 1",
+                "UPDATE study_question SET answer = 3 - answer"
+                " WHERE id = (SELECT max(id) FROM study_question)",
+                f"INSERT INTO study_question ({cols}) SELECT {cols} FROM bench_staged"
+                " WHERE id < (SELECT max(id) FROM bench_staged)",
             ],
         )
 
