@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +24,6 @@ import psycopg
 
 from pubctl import db
 from pubctl.queries import query
-
-log = logging.getLogger("pubctl.serve")
 
 APPLICATION_NAME = "pubctl serve health"
 # A query (connecting included) still running after this long is abandoned.
@@ -123,7 +120,7 @@ class HealthProbe:
         flight, self._flight = self._flight, None
         if flight is not None and not flight.done():
             flight.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await flight
         conn, self._conn = self._conn, None
         if conn is not None:

@@ -41,8 +41,10 @@ FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
 # At most one re-read of the head starts per interval, whatever the notifications.
 REREAD_INTERVAL_S = 0.1
-# A re-read that failed is tried again after this long, then less and less often.
-REREAD_RETRY_S = 1.0
+# A re-read that failed is tried again after this long, then less often, down to once
+# per REREAD_MAX_RETRY_S (one cheap attempt; the listener's return is not kept waiting).
+REREAD_RETRY_S = 0.5
+REREAD_MAX_RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class Notifier:
                         )
                     self._pending = True
                     self._next_read = loop.time() + retry
-                    retry = min(retry * 2, MAX_BACKOFF_S)
+                    retry = min(retry * 2, REREAD_MAX_RETRY_S)
                     continue
                 if retry != self.retry:
                     log.warning("the last published rev is read again")
