@@ -125,7 +125,13 @@ def problems(rows: list[dict[str, Any]], schema: str) -> list[str]:
                 f"{schema}.{table} is partitioned: writes to a partition itself would bypass "
                 "capture"
             )
-        elif any_column["has_children"]:
+        if any_column.get("parents"):
+            what = "a partition of" if any_column.get("is_partition") else "an inheritance child of"
+            lines.append(
+                f"{schema}.{table} is {what} {any_column['parents']}: writes through it would "
+                "bypass capture"
+            )
+        if any_column["relkind"] != "p" and any_column["has_children"]:
             lines.append(
                 f"{schema}.{table} has inheritance children: writes to them would bypass capture"
             )

@@ -3,14 +3,18 @@
 
 -- name: source_columns
 -- The columns of the application's tables, with their types, whether the column is
--- the whole primary key (and that key DEFERRABLE), and what kind of table holds it.
+-- the whole primary key (and that key DEFERRABLE), what kind of table holds it, and
+-- the tables it inherits from or is a partition of.
 SELECT c.relname::text AS table_name,
        a.attname::text AS column_name,
        a.atttypid::regtype::text AS type_name,
        k.oid IS NOT NULL AS is_primary_key,
        COALESCE(k.condeferrable, false) AS deferrable_key,
        c.relkind::text AS relkind,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) AS has_children
+       EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) AS has_children,
+       (SELECT string_agg(i.inhparent::pg_catalog.regclass::text, ', ' ORDER BY i.inhseqno)
+        FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) AS parents,
+       c.relispartition AS is_partition
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -44,8 +44,10 @@ def pg_server() -> Iterator[ServerInfo]:
             maintenance_dbname=str(params.get("dbname", "postgres")),
         )
         return
-    # Two-phase commit allowed, so that tests can PREPARE TRANSACTION.
-    with ThrowawayPostgres({**FAST_SETTINGS, "max_prepared_transactions": "20"}) as pg:
+    # Two-phase commit allowed, so that tests can PREPARE TRANSACTION; logical decoding,
+    # so that a test can subscribe one database to another.
+    settings = {**FAST_SETTINGS, "max_prepared_transactions": "20", "wal_level": "logical"}
+    with ThrowawayPostgres(settings) as pg:
         yield ServerInfo(host=pg.host, port=pg.port, user=pg.user, password=None, throwaway=pg)
 
 

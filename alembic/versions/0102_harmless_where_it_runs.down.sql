@@ -76,6 +76,41 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION pub.source_shape_problems(source text) RETURNS SETOF text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
+    rel oid := (SELECT c.oid FROM pg_catalog.pg_class AS c
+                JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE n.nspname = app AND c.relname = source AND c.relkind IN ('r', 'p'));
+BEGIN
+    RETURN QUERY SELECT p FROM pub.source_column_problems(source) AS p;
+    IF rel IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_constraint AS k
+        JOIN pg_catalog.pg_attribute AS a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+        WHERE k.conrelid = rel AND k.contype = 'p' AND cardinality(k.conkey) = 1
+          AND a.attname = 'id'
+    ) THEN
+        RETURN NEXT format('column %I.%I.id is not the primary key', app, source);
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_constraint AS k
+                  WHERE k.conrelid = rel AND k.contype = 'p' AND k.condeferrable) THEN
+        RETURN NEXT format('the primary key of %I.%I is DEFERRABLE', app, source);
+    END IF;
+    IF (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = rel) = 'p' THEN
+        RETURN NEXT format('%I.%I is partitioned (writes to a partition itself would bypass capture)',
+                           app, source);
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_inherits AS i WHERE i.inhparent = rel) THEN
+        RETURN NEXT format('%I.%I has inheritance children (writes to them would bypass capture)',
+                           app, source);
+    END IF;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION pub.capture_topic_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp

@@ -7,6 +7,9 @@
 -- * The DDL guard on projected columns, when a superuser migrates.
 -- * The state a transaction ends with is the state published: a capture whose state
 --   may be stale writes the row's current state (pub.capture_current_items).
+-- * Bypasses status and verify report: an inheritance parent or a partitioned table
+--   above a source table, subscriptions writing them, roles granted SET on
+--   session_replication_role, functions whose configuration sets it.
 -- Takes no lock on the application's tables beyond the event trigger's creation.
 
 SET LOCAL search_path = pg_catalog, pg_temp;
@@ -796,7 +799,52 @@ END;
 $$;
 
 
--- ===== capture problems: undocumented grants =====
+-- ===== bypasses: parents, partitions of, subscriptions, ways to set replica =====
+CREATE OR REPLACE FUNCTION pub.source_shape_problems(source text) RETURNS SETOF text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
+    rel oid := (SELECT c.oid FROM pg_catalog.pg_class AS c
+                JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE n.nspname = app AND c.relname = source AND c.relkind IN ('r', 'p'));
+BEGIN
+    RETURN QUERY SELECT p FROM pub.source_column_problems(source) AS p;
+    IF rel IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_constraint AS k
+        JOIN pg_catalog.pg_attribute AS a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+        WHERE k.conrelid = rel AND k.contype = 'p' AND cardinality(k.conkey) = 1
+          AND a.attname = 'id'
+    ) THEN
+        RETURN NEXT format('column %I.%I.id is not the primary key', app, source);
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_constraint AS k
+                  WHERE k.conrelid = rel AND k.contype = 'p' AND k.condeferrable) THEN
+        RETURN NEXT format('the primary key of %I.%I is DEFERRABLE', app, source);
+    END IF;
+    IF (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = rel) = 'p' THEN
+        RETURN NEXT format('%I.%I is partitioned (writes to a partition itself would bypass capture)',
+                           app, source);
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_inherits AS i WHERE i.inhparent = rel) THEN
+        RETURN NEXT format('%I.%I has inheritance children (writes to them would bypass capture)',
+                           app, source);
+    END IF;
+    RETURN QUERY
+        SELECT format('%I.%I is %s %s (writes through it would bypass capture)', app, source,
+                      CASE WHEN c.relispartition THEN 'a partition of'
+                           ELSE 'an inheritance child of' END,
+                      i.inhparent::regclass)
+        FROM pg_catalog.pg_inherits AS i
+        JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+        WHERE i.inhrelid = rel
+        ORDER BY i.inhseqno;
+END;
+$$;
+
+-- ===== capture problems: undocumented grants, bypasses =====
 CREATE OR REPLACE FUNCTION pub.capture_problems() RETURNS TABLE (subject text, problem text)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
@@ -845,6 +893,46 @@ BEGIN
                   WHERE lower(replace(c, ' ', '')) IN ('session_replication_role=replica',
                                                        'session_replication_role=''replica'''))
     ORDER BY 1;
+
+    RETURN QUERY
+    SELECT format('role %s', a.grantee::regrole),
+           'may SET session_replication_role (GRANT SET ON PARAMETER): its sessions, and '
+           'functions it owns, can write without firing any trigger'
+    FROM pg_catalog.pg_parameter_acl AS p,
+         LATERAL pg_catalog.aclexplode(p.paracl) AS a
+    WHERE p.parname = 'session_replication_role' AND a.privilege_type = 'SET'
+      AND a.grantee <> 0
+    UNION ALL
+    SELECT 'PUBLIC', 'may SET session_replication_role (GRANT SET ON PARAMETER): every '
+                     'session can write without firing any trigger'
+    FROM pg_catalog.pg_parameter_acl AS p,
+         LATERAL pg_catalog.aclexplode(p.paracl) AS a
+    WHERE p.parname = 'session_replication_role' AND a.privilege_type = 'SET'
+      AND a.grantee = 0
+    ORDER BY 1;
+
+    RETURN QUERY
+    SELECT format('function %s', f.oid::regprocedure),
+           'sets session_replication_role: whoever may call it writes without firing any '
+           'trigger while it runs'
+    FROM pg_catalog.pg_proc AS f
+    WHERE f.proconfig IS NOT NULL
+      AND EXISTS (SELECT FROM unnest(f.proconfig) AS c
+                  WHERE lower(replace(c, ' ', '')) LIKE 'session_replication_role=%'
+                    AND lower(c) NOT LIKE '%origin%')
+    ORDER BY 1;
+
+    RETURN QUERY
+    SELECT format('%s.%s', app, c.relname),
+           format('subscription %s writes it: the rows it applies fire no capture trigger',
+                  s.subname)
+    FROM pg_catalog.pg_subscription_rel AS r
+    JOIN pg_catalog.pg_subscription AS s ON s.oid = r.srsubid
+    JOIN pg_catalog.pg_class AS c ON c.oid = r.srrelid
+    WHERE c.relnamespace = (SELECT n.oid FROM pg_catalog.pg_namespace AS n
+                            WHERE n.nspname = app)
+      AND c.relname IN ('study_topic', 'study_question')
+    ORDER BY 1, 2;
 
     IF current_setting('session_replication_role') = 'replica' THEN
         RETURN QUERY SELECT 'this session'::text,

@@ -235,8 +235,10 @@ $$;
 -- Everything wrong with the shape of one source table for capture, one line each: the
 -- column problems above, a primary key that is not exactly (id) or is DEFERRABLE (one
 -- statement could then swap two ids, and row-by-row capture would tombstone an id that
--- still exists), and writes that bypass the table's statement triggers (partitions,
--- inheritance children).
+-- still exists), and writes that bypass the table's triggers: partitions and
+-- inheritance children (rows written there), an inheritance parent or a partitioned
+-- table above it (a DELETE, UPDATE or INSERT through the parent fires the parent's
+-- statement triggers, not the child's).
 CREATE FUNCTION pub.source_shape_problems(source text) RETURNS SETOF text
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
@@ -269,6 +271,15 @@ BEGIN
         RETURN NEXT format('%I.%I has inheritance children (writes to them would bypass capture)',
                            app, source);
     END IF;
+    RETURN QUERY
+        SELECT format('%I.%I is %s %s (writes through it would bypass capture)', app, source,
+                      CASE WHEN c.relispartition THEN 'a partition of'
+                           ELSE 'an inheritance child of' END,
+                      i.inhparent::regclass)
+        FROM pg_catalog.pg_inherits AS i
+        JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+        WHERE i.inhrelid = rel
+        ORDER BY i.inhseqno;
 END;
 $$;
 

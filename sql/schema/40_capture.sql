@@ -669,6 +669,12 @@ REVOKE ALL ON FUNCTION pub.refuse_truncate() FROM PUBLIC;
 -- * a source table whose shape no longer fits (pub.source_shape_problems);
 -- * session_replication_role = replica set for a role or for the database (ALTER
 --   ROLE / ALTER DATABASE ... SET), or in the calling session: no trigger fires there;
+-- * the ways to set it without a superuser's session: a role granted SET on the
+--   parameter (GRANT SET ON PARAMETER), a function whose configuration sets it
+--   (CREATE FUNCTION ... SET session_replication_role = replica), which any role
+--   allowed to call it can use;
+-- * a logical replication subscription that writes a source table: its apply worker
+--   runs as replica, so the rows it applies fire no capture trigger;
 -- * capture functions that run as a role able to log in or as a superuser;
 -- * a grant on pub or its objects beyond the documented ones (pub.undocumented_grants).
 CREATE FUNCTION pub.capture_problems() RETURNS TABLE (subject text, problem text)
@@ -719,6 +725,46 @@ BEGIN
                   WHERE lower(replace(c, ' ', '')) IN ('session_replication_role=replica',
                                                        'session_replication_role=''replica'''))
     ORDER BY 1;
+
+    RETURN QUERY
+    SELECT format('role %s', a.grantee::regrole),
+           'may SET session_replication_role (GRANT SET ON PARAMETER): its sessions, and '
+           'functions it owns, can write without firing any trigger'
+    FROM pg_catalog.pg_parameter_acl AS p,
+         LATERAL pg_catalog.aclexplode(p.paracl) AS a
+    WHERE p.parname = 'session_replication_role' AND a.privilege_type = 'SET'
+      AND a.grantee <> 0
+    UNION ALL
+    SELECT 'PUBLIC', 'may SET session_replication_role (GRANT SET ON PARAMETER): every '
+                     'session can write without firing any trigger'
+    FROM pg_catalog.pg_parameter_acl AS p,
+         LATERAL pg_catalog.aclexplode(p.paracl) AS a
+    WHERE p.parname = 'session_replication_role' AND a.privilege_type = 'SET'
+      AND a.grantee = 0
+    ORDER BY 1;
+
+    RETURN QUERY
+    SELECT format('function %s', f.oid::regprocedure),
+           'sets session_replication_role: whoever may call it writes without firing any '
+           'trigger while it runs'
+    FROM pg_catalog.pg_proc AS f
+    WHERE f.proconfig IS NOT NULL
+      AND EXISTS (SELECT FROM unnest(f.proconfig) AS c
+                  WHERE lower(replace(c, ' ', '')) LIKE 'session_replication_role=%'
+                    AND lower(c) NOT LIKE '%origin%')
+    ORDER BY 1;
+
+    RETURN QUERY
+    SELECT format('%s.%s', app, c.relname),
+           format('subscription %s writes it: the rows it applies fire no capture trigger',
+                  s.subname)
+    FROM pg_catalog.pg_subscription_rel AS r
+    JOIN pg_catalog.pg_subscription AS s ON s.oid = r.srsubid
+    JOIN pg_catalog.pg_class AS c ON c.oid = r.srrelid
+    WHERE c.relnamespace = (SELECT n.oid FROM pg_catalog.pg_namespace AS n
+                            WHERE n.nspname = app)
+      AND c.relname IN ('study_topic', 'study_question')
+    ORDER BY 1, 2;
 
     IF current_setting('session_replication_role') = 'replica' THEN
         RETURN QUERY SELECT 'this session'::text,
