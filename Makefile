@@ -49,16 +49,20 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Long fault and load campaigns (make test runs the same tests briefly): many crash
-# runs with random SIGKILLs, a minute of writers with the worker running, and many
+# runs with random SIGKILLs, a minute of writers with the worker running, many
 # adversarial runs (isolation levels, key changes, publishing switched off and on,
-# backfills). Reports one line per run; SOAK_RUNS and SOAK_SECONDS scale it.
+# backfills), a long ordering campaign through application triggers, and the tripwire
+# campaign with a wider set of planted operators and functions. Reports one line per
+# run; SOAK_RUNS and SOAK_SECONDS scale it.
 SOAK_RUNS    ?= 25
 SOAK_SECONDS ?= 60
 soak: $(STAMP)
 	PUBCTL_CRASH_RUNS=$(SOAK_RUNS) PUBCTL_CRASH_SECONDS=8 PUBCTL_LOAD_SECONDS=$(SOAK_SECONDS) \
 	PUBCTL_ADVERSARIAL_RUNS=$(SOAK_RUNS) PUBCTL_ADVERSARIAL_SECONDS=20 \
+	PUBCTL_ORDERING_TRANSACTIONS=$$(( $(SOAK_RUNS) * 80 )) PUBCTL_TRIPWIRE_WIDE=1 \
 		$(BIN)/pytest -s tests/faults/test_crash_campaign.py tests/faults/test_load.py \
-		tests/faults/test_adversarial.py
+		tests/faults/test_adversarial.py tests/faults/test_ordering.py \
+		tests/security/test_tripwire.py
 
 demo: $(STAMP)
 	$(BIN)/pubctl demo
