@@ -75,6 +75,9 @@ class MigrationRun:
     # it): its feed identity is new, and only a backfill publishes the existing rows.
     created_published_state: bool = False
     feed_id: str | None = None
+    # Whether the NOLOGIN role pubctl_feed_reader holds the feed reader's rights after
+    # the run (False: grant them to the viewers' roles by hand: READER_GRANTS).
+    feed_reader_role: bool = False
 
 
 def _engine(url: str) -> sqlalchemy.Engine:
@@ -195,7 +198,19 @@ def migrate(
         if run.created_published_state:
             row = conn.execute(query("feed_identity")).fetchone()
             run.feed_id = str(row[0]) if row and row[0] is not None else None
+        if run.after is not None:
+            row = conn.execute(query("feed_reader_granted")).fetchone()
+            run.feed_reader_role = bool(row and row[0])
     return run
+
+
+# What a viewer's role needs to read the feed (contract, section 5), for installs where
+# migrate may not create pubctl_feed_reader.
+READER_GRANTS = (
+    "GRANT USAGE ON SCHEMA pub TO viewer;\n"
+    "GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]), pub.feed_id(), pub.health()"
+    " TO viewer;"
+)
 
 
 def _lock_blockers(url: str, app_schema: str | None) -> str:
@@ -360,3 +375,5 @@ def finish(connection: sqlalchemy.Connection) -> None:
     row = raw.execute(query("has_privilege_reset")).fetchone()
     if row and row[0]:
         raw.execute(query("revoke_undocumented_grants"))
+    if _index(current_revision(raw)) >= _index(CONTENT_REVISION):
+        raw.execute(query("grant_feed_reader"))

@@ -321,6 +321,24 @@ def test_createrole_install_with_and_without_an_existing_capture_role(
     if pg_server.throwaway is None:
         pytest.skip("needs a throwaway server of its own (PUBCTL_TEST_DATABASE_URL is set)")
     with ThrowawayPostgres() as pg, psycopg.connect(pg.url, autocommit=True) as admin:
+        # First, an owner that may not create roles: no pubctl_feed_reader; migrate says
+        # which grants a viewer's role needs.
+        admin.execute("CREATE DATABASE study_zero")
+        admin.execute("CREATE ROLE owner_zero LOGIN")
+        with psycopg.connect(pg.url_for("study_zero"), autocommit=True) as conn:
+            conn.execute(read_sql_file("sample_app_schema.sql").encode())
+            conn.execute("ALTER TABLE study_topic OWNER TO owner_zero")
+            conn.execute("ALTER TABLE study_question OWNER TO owner_zero")
+            conn.execute("GRANT CREATE ON DATABASE study_zero TO owner_zero")
+        params = conninfo.conninfo_to_dict(pg.url_for("study_zero"))
+        params["user"] = "owner_zero"
+        result = pubctl(conninfo.make_conninfo(**params), "migrate")  # type: ignore[arg-type]
+        assert result.code == 0, result.err
+        assert "may not create pubctl_feed_reader" in result.out
+        assert "GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[])" in result.out
+        assert not admin.execute(
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'pubctl_feed_reader'"
+        ).fetchone()[0]
         for n, dbname in enumerate(("study_one", "study_two")):
             role = f"publisher_{n}"
             admin.execute(f"CREATE DATABASE {dbname}")
@@ -343,6 +361,7 @@ def test_createrole_install_with_and_without_an_existing_capture_role(
                     "SELECT has_schema_privilege('pubctl_capture', 'pub', 'CREATE')"
                 ).fetchone()[0], "the run's temporary CREATE on pub was not revoked"
                 conn.execute("INSERT INTO study_topic (id, name) VALUES (1, 'captured')")
+            assert "pubctl_feed_reader holds their rights" in result.out
             report = json.loads(pubctl(url, "status", "--json").out)
             assert report["capture_ok"] is True, report["capture_problems"]
             assert report["outbox_backlog"] == 1
