@@ -196,6 +196,17 @@ def migrate_cmd(
             "  pubctl apply        (or keep `pubctl worker` running)\n"
             "  pubctl verify"
         )
+    if run.after is not None and run.feed_reader_role:
+        click.echo(
+            "feed readers: the role pubctl_feed_reader holds their rights, granted again by "
+            "every migrate; give it to a viewer's role with GRANT pubctl_feed_reader TO viewer"
+        )
+    elif run.after is not None:
+        click.echo(
+            "feed readers: this role may not create pubctl_feed_reader; grant a viewer's role "
+            "the reader's rights (again after a reinstall):\n  "
+            + migrate.READER_GRANTS.replace("\n", "\n  ")
+        )
 
 
 # --- status, enable, disable ----------------------------------------------------------

@@ -160,6 +160,45 @@ BEGIN
 END;
 $revoke$;
 
+-- name: grant_feed_reader
+-- The NOLOGIN role pubctl_feed_reader holds exactly a feed reader's rights, granted
+-- again by every run (a reinstall creates new functions): a viewer's role that is a
+-- member keeps reading. Created when this role may create roles; an existing one that
+-- can log in or holds any right beyond NOLOGIN is left alone (someone could act as it).
+DO $reader$
+DECLARE
+    reader record;
+BEGIN
+    SELECT r.* INTO reader FROM pg_catalog.pg_roles AS r WHERE r.rolname = 'pubctl_feed_reader';
+    IF reader IS NULL THEN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                       WHERE r.rolname = CURRENT_USER AND (r.rolsuper OR r.rolcreaterole)) THEN
+            RETURN;
+        END IF;
+        BEGIN
+            CREATE ROLE pubctl_feed_reader NOLOGIN NOINHERIT;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- another database's migration created it meanwhile
+        END;
+        SELECT r.* INTO reader FROM pg_catalog.pg_roles AS r
+        WHERE r.rolname = 'pubctl_feed_reader';
+    END IF;
+    IF reader.rolcanlogin OR reader.rolsuper OR reader.rolcreaterole OR reader.rolcreatedb
+       OR reader.rolreplication OR reader.rolbypassrls THEN
+        RETURN;
+    END IF;
+    GRANT USAGE ON SCHEMA pub TO pubctl_feed_reader;
+    GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]), pub.feed_id(), pub.health()
+        TO pubctl_feed_reader;
+END;
+$reader$;
+
+-- name: feed_reader_granted
+SELECT pg_catalog.has_function_privilege('pubctl_feed_reader',
+                                         'pub.feed(bigint,integer,text[])', 'EXECUTE')
+FROM pg_catalog.pg_roles AS r
+WHERE r.rolname = 'pubctl_feed_reader';
+
 -- name: has_privilege_reset
 SELECT pg_catalog.to_regprocedure('pub.revoke_undocumented_grants()') IS NOT NULL;
 
