@@ -33,6 +33,7 @@ from pubctl import db
 from pubctl.queries import query
 from pubctl.serve import protocol
 from pubctl.serve.auth import TokenCheck
+from pubctl.serve.diagnosis import UNAVAILABLE, diagnose
 from pubctl.serve.health import HealthProbe, HealthRow
 from pubctl.serve.listener import Head, Listener, Notifier
 from pubctl.serve.metrics import CONTENT_TYPE, Metrics
@@ -71,10 +72,12 @@ class ServeConfig:
 class Unavailable(Exception):
     """The database cannot answer now: 503 with Retry-After."""
 
-    def __init__(self, reason: str, retry_after: int) -> None:
+    def __init__(self, reason: str, retry_after: int, told: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        # What the viewer is told, when it is more than "retry later" (diagnosis.py).
+        self.told = told
 
 
 class FeedIdMismatch(Exception):
@@ -191,9 +194,11 @@ class FeedServer:
                 RETRY_AFTER_BUSY_S,
             ) from None
         except psycopg.Error as exc:
+            status, reason = diagnose(exc, self.config.url)
             raise Unavailable(
                 f"database error: {db.mask(_first_line(exc), self.config.url)}",
                 RETRY_AFTER_UNREACHABLE_S,
+                told=reason if status != UNAVAILABLE else None,
             ) from None
         feed_id = str(rows[0][0])
         items: list[Row] = [row[1:] for row in rows if row[1] is not None]
@@ -367,7 +372,7 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
             log.error("503 /published/feed: %s", exc.reason)
             return _json(
                 503,
-                {"error": "the database is unavailable; retry later"},
+                {"error": exc.told or "the database is unavailable; retry later"},
                 {"Retry-After": str(exc.retry_after)},
             )
         headers = {"ETag": page.etag, "Cache-Control": "no-cache"}
@@ -382,9 +387,10 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
             row = await server.probe.read("health", timeout=HEALTH_TIMEOUT_S)
         except (TimeoutError, asyncio.TimeoutError, psycopg.Error) as exc:
             log.error("503 /healthz: %s", db.mask(_first_line(exc), config.url))
+            status, reason = diagnose(exc, config.url)
             return _json(
                 503,
-                {"status": "unavailable", "reason": "the database does not answer"},
+                {"status": status, "reason": reason},
                 {"Retry-After": str(RETRY_AFTER_UNREACHABLE_S)},
             )
         revision, feed_id, last_rev = row
