@@ -21,6 +21,7 @@ from alembic import command, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from psycopg import conninfo
 from psycopg.rows import dict_row
 from sqlalchemy.pool import NullPool
 
@@ -40,6 +41,7 @@ PUB_SCHEMA = "pub"
 DEFAULT_LOCK_TIMEOUT_S = 2.0
 DEFAULT_LOCK_ATTEMPTS = 5
 LOCK_NOT_AVAILABLE = "55P03"
+INSUFFICIENT_PRIVILEGE = "42501"
 # Two first installs at once: the second one's CREATE ... IF NOT EXISTS of schema pub
 # or its version table can still collide with the first's; it tries again and finds
 # the work done.
@@ -171,6 +173,8 @@ def migrate(
             break
         except (sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
             orig = getattr(exc, "orig", None) or exc
+            if getattr(orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+                raise _privilege_error(orig, url, app_schema) from None
             if getattr(orig, "sqlstate", None) not in RETRIED_SQLSTATES:
                 raise PubctlError(
                     f"migration failed, nothing was changed: {_one_line(orig)}"
@@ -211,6 +215,24 @@ READER_GRANTS = (
     "GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]), pub.feed_id(), pub.health()"
     " TO viewer;"
 )
+
+
+def _privilege_error(exc: BaseException, url: str, app_schema: str | None) -> PubctlError:
+    """One line naming what `migrate` needs (docs/operations.md, "Privileges"), not the
+    statement that failed: CREATE on the database, USAGE on the application's schema,
+    TRIGGER on both tables; going down, the owner of schema pub."""
+    from pubctl.shell import privilege_hint
+
+    diag = getattr(exc, "diag", None)
+    primary = (getattr(diag, "message_primary", None) or _one_line(exc)).strip()
+    role = str(conninfo.conninfo_to_dict(url).get("user") or "") or "CURRENT_USER"
+    schema = app_schema or DEFAULT_APP_SCHEMA
+    return PubctlError(
+        f"migration failed, nothing was changed: {primary}",
+        hint=privilege_hint(primary, "migrate", role, schema)
+        + "; migrate needs CREATE on the database, USAGE on the application's schema and "
+        "TRIGGER on both tables (downgrades: the owner of schema pub)",
+    )
 
 
 def _lock_blockers(url: str, app_schema: str | None) -> str:

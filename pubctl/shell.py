@@ -197,37 +197,61 @@ def connection(
 
 # --- errors: one line each, in one place ----------------------------------------
 
-# What each command needs, named in the one-line error when a privilege is missing
-# (docs/operations.md, "Privileges", explains each).
+# What each command needs, named in the one-line error when a privilege is missing,
+# as docs/operations.md's table ("Privileges: running without a superuser") has it.
 TABLE_GRANTS = {
     "migrate": "TRIGGER",
     "backfill": "SELECT, UPDATE",
     "verify": "SELECT",
+    "status": "SELECT",
 }
+PUB_OWNER = "the owner of schema pub (the role that ran `pubctl migrate`)"
+READER = (
+    "USAGE on schema pub and EXECUTE on pub.feed and pub.feed_id: "
+    "GRANT pubctl_feed_reader TO {role}"
+)
+PUB_NEEDS = {
+    "status": "USAGE on schema pub and SELECT on its tables: run it as " + PUB_OWNER,
+    "feed": READER,
+    "serve": READER + " (and EXECUTE on pub.health)",
+}
+SOURCE_TABLES = ("study_topic", "study_question")
 _DENIED = re.compile(r"permission denied for (?P<kind>\w+) (?P<name>\S+)")
 _OWNER = re.compile(r"must be owner of (?P<kind>\w+) (?P<name>\S+)")
 
 
-def privilege_hint(message: str, command: str, role: str) -> str:
-    """The grant that would have let ``command`` do what the server refused."""
+def _pub_needs(command: str, role: str) -> str:
+    need = PUB_NEEDS.get(command, "to run as " + PUB_OWNER)
+    return f"`pubctl {command}` needs {need.format(role=role)}"
+
+
+def privilege_hint(message: str, command: str, role: str, app_schema: str | None = None) -> str:
+    """What ``command`` needs, named as docs/operations.md's table names it, for what the
+    server refused: a grant on one of the application's tables or schema, or the rights on
+    schema pub the command needs (never a grant on one of pub's tables by name: pub's
+    privileges are pubctl's own, and the application may have tables of the same name)."""
     denied = _DENIED.search(message)
     if denied:
         kind, name = denied.group("kind"), denied.group("name").strip('"')
         if kind == "database":
             return f"GRANT CREATE ON DATABASE {name} TO {role} (migrate creates schema pub)"
-        if kind == "schema":
+        if kind == "schema" and name != "pub":
             return f"GRANT USAGE ON SCHEMA {name} TO {role}"
-        if kind == "table" and command in TABLE_GRANTS:
-            return f"GRANT {TABLE_GRANTS[command]} ON {name} TO {role}"
-        if kind == "function":
-            return f"GRANT EXECUTE ON FUNCTION pub.{name} TO {role}"
-        return f"{role} needs a privilege on {kind} {name}"
+        if kind == "table" and name in SOURCE_TABLES and command in TABLE_GRANTS:
+            qualified = f"{app_schema}.{name}" if app_schema else name
+            return f"GRANT {TABLE_GRANTS[command]} ON {qualified} TO {role}"
+        return _pub_needs(command, role)
     owner = _OWNER.search(message)
     if owner:
-        return (
-            f"run `pubctl {command}` as the owner of {owner.group('kind')} "
-            f"{owner.group('name')} (or a member of that role)"
-        )
+        if (
+            owner.group("kind") in ("table", "relation")
+            and owner.group("name").strip('"') in SOURCE_TABLES
+        ):
+            return (
+                f"run `pubctl {command}` as the owner of {owner.group('kind')} "
+                f"{owner.group('name')} (or a member of that role)"
+            )
+        return _pub_needs(command, role)
     return 'see docs/operations.md, "Privileges"'
 
 
@@ -293,7 +317,8 @@ def describe_error(exc: BaseException, current: Settings, command: str) -> tuple
         if diag.message_detail:
             line += f" ({' '.join(diag.message_detail.split())})"
         if sqlstate == "42501":
-            line += f" (hint: {privilege_hint(primary, command, _role(current.url))})"
+            hint = privilege_hint(primary, command, _role(current.url), current.app_schema)
+            line += f" (hint: {hint})"
         elif diag.message_hint:
             line += f" (hint: {' '.join(diag.message_hint.split())})"
         return EXIT_FAILURE, line
