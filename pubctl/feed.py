@@ -5,14 +5,16 @@ A reader needs nothing but USAGE on schema pub and EXECUTE on ``pub.feed`` and
 revision only where the role may read it (an operator's may, a reader's need not: those
 functions keep their signatures). ``--follow`` waits for the applier's
 ``pubctl_published`` notification (or polls), and survives a database restart the way
-the worker does: it reconnects with backoff and goes on from its cursor, unless the
-published state it was reading was replaced meanwhile (another feed identity).
+the worker does: it tries to reconnect about every second and goes on from its cursor,
+unless the published state it was reading was removed or replaced meanwhile (another
+feed identity): then it says so and exits 3.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +29,11 @@ from pubctl.queries import query
 log = logging.getLogger("pubctl.feed")
 
 PAGE_SIZE = 1000
-MAX_BACKOFF_S = 30.0
+# While the database is away, a reconnection is tried every RETRY_MIN_S..RETRY_MAX_S
+# (random, so that many readers do not come back in step): a reader catches up within
+# about a second of the database's return.
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 1.0
 WAIT_SLICE_S = 0.25
 FEED_COLUMNS = (
     "rev", "kind", "pub_id", "source_id", "payload", "payload_hash", "schema_version", "deleted",
@@ -40,8 +46,56 @@ READER_GRANTS = (
 Conn = psycopg.Connection[Any]
 
 
-class FeedReset(PubctlError):
-    """The published state was dropped and created again while following it."""
+class StateLost(PubctlError):
+    """The published state was removed (or replaced) under a running worker or reader."""
+
+
+def retry_delay() -> float:
+    """Seconds before the next reconnection attempt while the database is away."""
+    return random.uniform(RETRY_MIN_S, RETRY_MAX_S)
+
+
+def current_identity(conn: Conn) -> str | None:
+    """The feed id of the published state, or None when there is none (removed, or
+    half-installed by a migration under way)."""
+    try:
+        row = conn.execute(query("feed_id")).fetchone()
+    except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction):
+        return None
+    return str(row[0]) if row else None
+
+
+def what_became_of(url: str, identity: str) -> tuple[str, str | None] | None:
+    """After an unexpected error: "removed" when the published state ``identity`` is
+    gone, "replaced" when another one (another feed id) is there, None when it is
+    unchanged (or cannot be told: the error was something else)."""
+    try:
+        with db.connect(url, autocommit=True) as conn:
+            current = current_identity(conn)
+    except (psycopg.Error, db.ConnectError):
+        return None
+    if current is None:
+        return "removed", None
+    return ("replaced", current) if current != identity else None
+
+
+def state_lost(what: str, where: str, identity: str, current: str | None, who: str) -> StateLost:
+    """The error that stops a worker (``who`` = "worker") or a feed reader when the
+    published state it was using was removed or replaced (``what``)."""
+    change = f" (feed id {identity} is now {current})" if current else f" (feed id {identity})"
+    if who == "worker":
+        return StateLost(
+            f"the published state of {where} was {what} while the worker ran{change}",
+            hint="run `pubctl migrate` to install it again if it is not back, "
+            "then restart the worker",
+        )
+    if what == "replaced":
+        hint = "start again from rev 0 (`--after 0`)"
+    else:
+        hint = "once `pubctl migrate` has installed it again, start again from rev 0 (`--after 0`)"
+    return StateLost(
+        f"the published state of {where} was {what} while following it{change}", hint=hint
+    )
 
 
 def to_json_line(row: Sequence[object]) -> str:
@@ -132,21 +186,26 @@ def follow(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Emit every change after ``after_rev``, then each new one as the applier publishes
-    it, until ``should_stop``. Reconnects with backoff when the database goes away."""
+    it, until ``should_stop``. While the database is away, tries to reconnect about
+    every second; stops with :class:`StateLost` when the published state it was reading
+    is removed or replaced."""
     cursor = after_rev
     identity: str | None = None
-    backoff = 0.5
     down_since: float | None = None
     where = db.describe(url)
     while not should_stop():
         try:
             with db.connect(url, autocommit=True) as conn:
-                check_revision(conn, where)
+                try:
+                    check_revision(conn, where)
+                except NotMigratedError:
+                    if identity is None:
+                        raise
+                    raise state_lost("removed", where, identity, None, "reader") from None
                 conn.execute(query("listen_published"))
                 if down_since is not None:
                     log.warning("reconnected after %.1fs", time.monotonic() - down_since)
                     down_since = None
-                backoff = 0.5
                 while not should_stop():
                     while True:
                         identity, page = _page_of_state(conn, where, identity, cursor, kinds)
@@ -161,17 +220,25 @@ def follow(
                 down_since = time.monotonic()
                 first = next(iter(str(exc).splitlines()), type(exc).__name__)
                 log.warning("lost the database (%s); retrying", db.mask(first, url))
-            deadline = time.monotonic() + backoff
+            deadline = time.monotonic() + retry_delay()
             while time.monotonic() < deadline and not should_stop():
                 time.sleep(0.05)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        except (psycopg.Error, NotMigratedError):
+            # Dropped under the open connection: "schema pub does not exist", "could not
+            # open relation with OID ...": say what happened instead.
+            if identity is None:
+                raise
+            became = what_became_of(url, identity)
+            if became is None:
+                raise
+            raise state_lost(became[0], where, identity, became[1], "reader") from None
 
 
 def _page_of_state(
     conn: Conn, where: str, identity: str | None, after_rev: int, kinds: Sequence[str] | None
 ) -> tuple[str, list[tuple[int, str]]]:
     """The feed identity and one page after ``after_rev``, read in one statement; or
-    FeedReset when the identity is not ``identity`` (None: any). The state can be dropped
+    StateLost when the identity is not ``identity`` (None: any). The state can be dropped
     and created again behind a connection that stays open, with revs starting again from
     1: a page read with the old cursor must not be taken for part of the old state."""
     with as_feed_reader(where):
@@ -185,11 +252,7 @@ def _page_of_state(
         ).fetchall()
     current = str(rows[0][0])
     if identity is not None and current != identity:
-        raise FeedReset(
-            f"the published state of {where} was replaced while following it "
-            f"(feed_id {identity} is now {current})",
-            hint="start again from `--after 0`",
-        )
+        raise state_lost("replaced", where, identity, current, "reader")
     return current, [
         (int(str(row[1])), to_json_line(row[1:])) for row in rows if row[1] is not None
     ]
