@@ -21,7 +21,13 @@ def report(conn: psycopg.Connection[Any], where: str) -> dict[str, Any]:
     """The status report; fails (naming ``pubctl migrate``) when not installed.
 
     docs/operations.md ("Monitoring") documents every field, with its unit."""
-    current = revision.require_current(conn, where)
+    current = revision.current_revision(conn)
+    # An older revision this pubctl knows (the database was downgraded for a rollback, or
+    # not upgraded yet) is reported, saying so; anything else is refused as by every
+    # command.
+    behind = current in revision.REVISIONS and current != revision.HEAD
+    if not behind:
+        revision.check(current, where)
     recorded = capture.switch(conn)
     problems = [p for p in capture.problems(conn) if not p.is_switch]
     with conn.cursor(row_factory=dict_row) as cur:
@@ -38,6 +44,7 @@ def report(conn: psycopg.Connection[Any], where: str) -> dict[str, Any]:
         "pubctl_version": __version__,
         "revision": current,
         "head_revision": revision.HEAD,
+        "revision_behind": behind,
         "app_schema": recorded.app_schema,
         "feed_id": numbers["feed_id"],
         "publishing_enabled": recorded.publishing_enabled,
@@ -72,7 +79,13 @@ def render(report: dict[str, Any]) -> str:
     )
     lines = [
         f"database:        {report['database']}",
-        f"revision:        {revision}" + (" (head)" if revision == head else f" (head is {head})"),
+        f"revision:        {revision}"
+        + (
+            " (head)"
+            if revision == head
+            else f" (this pubctl's head is {head}: `pubctl migrate` upgrades it; or use "
+            "the pubctl release made for it)"
+        ),
         f"app schema:      {report['app_schema']}",
         f"publishing:      {'on' if report['publishing_enabled'] else 'off'}"
         f" (since {report['publishing_changed_at']})",
