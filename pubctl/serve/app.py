@@ -169,7 +169,9 @@ class FeedServer:
             row = await self.probe.read("head", fresh=True)
         except psycopg.Error as exc:
             raise Unavailable(db.mask(_first_line(exc), self.config.url), 0) from None
-        return _head(row)
+        head = _head(row)
+        self.metrics.head(head.feed_id, head.last_rev)
+        return head
 
     # -- reading the feed -------------------------------------------------------------
 
@@ -376,7 +378,7 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
                 {"Retry-After": str(exc.retry_after)},
             )
         headers = {"ETag": page.etag, "Cache-Control": "no-cache"}
-        server.metrics.served(page.last_rev)
+        server.metrics.served(page.feed_id, page.last_rev)
         if _if_none_match(request.headers.get("if-none-match"), page.etag):
             return Response(status_code=304, headers=headers)
         return Response(server.bodies.body(page), media_type=JSON, headers=headers)
@@ -394,6 +396,8 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
                 {"Retry-After": str(RETRY_AFTER_UNREACHABLE_S)},
             )
         revision, feed_id, last_rev = row
+        if feed_id is not None:
+            server.metrics.head(str(feed_id), last_rev)
         listener = server.listener
         details = {
             "revision": revision,

@@ -16,9 +16,10 @@ identity changed). A burst of notifications, forged or real, therefore costs a f
 head re-reads and never a query per waiter.
 
 When the listening connection is lost, notifications sent meanwhile are lost with it:
-the listener reconnects with backoff and, once listening again, asks for a re-read.
-The first connection counts as a reconnection too, so a request that arrived before
-the server was listening is re-checked as well.
+the listener reconnects with backoff and, once listening again, asks for a re-read
+(and reports the reconnection). The first connection asks for a re-read too, so a
+request that arrived before the server was listening is re-checked as well, but it is
+no reconnection: ``on_reconnect`` fires only for a connection that follows a lost one.
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._backoff = FIRST_BACKOFF_S
         self._down_since: float | None = None
+        # Whether a connection was ever listening: the next one is a reconnection.
+        self._was_listening = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="pubctl-listener")
@@ -211,7 +214,9 @@ class Listener:
                 self._down_since = None
             # Notifications may have been missed while not listening.
             self.notifier.hint()
-            self.on_reconnect()
+            if self._was_listening:
+                self.on_reconnect()
+            self._was_listening = True
             async for _note in conn.notifies():
                 # A hint, whoever sent it: the payload is never read.
                 self.notifier.hint()

@@ -5,18 +5,26 @@
 | ``pubctl_serve_requests_total{route,status}`` | counter | answered requests |
 | ``pubctl_serve_request_duration_seconds{route}`` | histogram | time to answer, holds included |
 | ``pubctl_serve_waiting_long_polls`` | gauge | requests held waiting for a publish |
-| ``pubctl_serve_last_rev_served`` | gauge | the largest rev any answer carried |
+| ``pubctl_serve_last_rev_served`` | gauge | the largest rev an answer of this feed carried |
+| ``pubctl_serve_last_rev`` | gauge | the current feed's last rev, as the server last read it |
 | ``pubctl_serve_notifications_total`` | counter | publish notifications received (hints) |
 | ``pubctl_serve_database_queries_total{purpose}`` | counter | queries run: feed, head, health |
 | ``pubctl_serve_listener_connected`` | gauge | 1 while the listening connection is up |
-| ``pubctl_serve_listener_reconnects_total`` | counter | times the listener (re)connected |
+| ``pubctl_serve_listener_reconnects_total`` | counter | listener reconnections after a loss |
 | ``pubctl_serve_pool_connections{state}`` | gauge | pool connections: open, idle, in_use, max |
 | ``pubctl_serve_pool_waiting_requests`` | gauge | requests queued for a pool connection |
+
+The revs follow the current feed: when the published state is dropped and installed
+again (a new ``feed_id``), both rev gauges start again from the new feed, and answers
+or head reads of the replaced feed that land later are ignored. Revs of different feeds
+are never compared, so an alert on ``pubctl_serve_last_rev_served`` lagging
+``pubctl_serve_last_rev`` stays true across a reset.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,6 +36,8 @@ from starlette.types import Message, Receive, Scope, Send
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUTES = ("/published/feed", "/healthz", "/metrics")
 QUERY_PURPOSES = ("feed", "head", "health")
+# Replaced feeds remembered, so that a late read of one is never taken for a new feed.
+RETIRED_FEEDS = 16
 # Long-polls hold up to 60 s, so the buckets reach past it.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 61)
 
@@ -77,7 +87,16 @@ class Metrics:
             "pubctl_serve_waiting_long_polls", "Requests held waiting for a publish.", registry=r
         )
         self.last_rev_served = Gauge(
-            "pubctl_serve_last_rev_served", "The largest rev any answer carried.", registry=r
+            "pubctl_serve_last_rev_served",
+            "The largest rev any answer of the current feed carried (0 after a reset until "
+            "an answer carries one).",
+            registry=r,
+        )
+        self.last_rev = Gauge(
+            "pubctl_serve_last_rev",
+            "The current feed's last published rev, as the server last read it "
+            "(pub.health(): re-reads after publish notifications, and /healthz).",
+            registry=r,
         )
         self.notifications = Counter(
             "pubctl_serve_notifications", "Publish notifications received.", registry=r
@@ -98,19 +117,54 @@ class Metrics:
         )
         self.listener_reconnects = Counter(
             "pubctl_serve_listener_reconnects",
-            "Times the listening connection was (re)established.",
+            "Times the listening connection was established again after a loss (0 at start-up).",
             registry=r,
         )
         r.register(_PoolCollector(pool_stats))
-        self._last_rev = 0
+        # The feed the rev gauges describe, and the feeds it replaced (most recent last).
+        self._feed_id: str | None = None
+        self._retired: deque[str] = deque(maxlen=RETIRED_FEEDS)
+        self._served = 0
+        self._head = 0
 
     def count_query(self, purpose: str) -> None:
         self.queries.labels(purpose).inc()
 
-    def served(self, rev: int | None) -> None:
-        if rev is not None and rev > self._last_rev:
-            self._last_rev = rev
+    def _current(self, feed_id: str) -> bool:
+        """Whether ``feed_id`` is the current feed, adopting it when it is new (the
+        rev gauges start again from 0); False for a feed that was replaced."""
+        if feed_id == self._feed_id:
+            return True
+        if feed_id in self._retired:
+            return False  # a read that started before the reset and landed after it
+        if self._feed_id is not None:
+            self._retired.append(self._feed_id)
+        self._feed_id = feed_id
+        self._served = 0
+        self._head = 0
+        self.last_rev_served.set(0)
+        self.last_rev.set(0)
+        return True
+
+    def head(self, feed_id: str | None, last_rev: int | None) -> None:
+        """The database says feed ``feed_id``'s last rev is ``last_rev``."""
+        if feed_id is None or not self._current(feed_id):
+            return
+        # Revs only grow within a feed: a read that started earlier never moves it back.
+        if int(last_rev or 0) > self._head:
+            self._head = int(last_rev or 0)
+            self.last_rev.set(self._head)
+
+    def served(self, feed_id: str, rev: int | None) -> None:
+        """An answer of feed ``feed_id`` carried items up to ``rev`` (None: none)."""
+        if not self._current(feed_id):
+            return
+        if rev is not None and rev > self._served:
+            self._served = rev
             self.last_rev_served.set(rev)
+            if rev > self._head:  # published after the server's last read of the head
+                self._head = rev
+                self.last_rev.set(rev)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
