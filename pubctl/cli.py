@@ -103,11 +103,12 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(Settings)
 
 
-def command(name: str) -> Callable[[F], click.Command]:
-    """A pubctl command: takes the global options after its name, too."""
+def command(name: str, *, app_schema: bool = False) -> Callable[[F], click.Command]:
+    """A pubctl command: takes the global options after its name, too (``--app-schema``
+    only where ``app_schema``: the other commands use the schema recorded at install)."""
 
     def decorate(fn: F) -> click.Command:
-        return cli.command(name)(command_options(click.pass_context(fn)))
+        return cli.command(name)(command_options(click.pass_context(fn), app_schema=app_schema))
 
     return decorate
 
@@ -135,7 +136,7 @@ def _revision_choice(_ctx: click.Context, param: click.Parameter, value: str) ->
     )
 
 
-@command("migrate")
+@command("migrate", app_schema=True)
 @click.option(
     "--revision",
     default="head",
@@ -342,7 +343,7 @@ def _log_to_stderr(name: str, verbose: bool = False) -> None:
 )
 @click.option(
     "--limit",
-    type=BIGINT_FROM_0,
+    type=ROW_COUNT,
     default=None,
     help="Print at most this many rows (default: read to the end).",
 )
@@ -547,7 +548,7 @@ def demo_cmd(ctx: click.Context, keep: bool) -> None:
         raise PubctlError("the demo did not behave as narrated (see above)")
 
 
-@command("init-sample-schema")
+@command("init-sample-schema", app_schema=True)
 def init_sample_schema_cmd(ctx: click.Context) -> None:
     """Create the sample study_topic / study_question tables (demos and tests only)."""
     from pubctl import sample

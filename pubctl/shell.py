@@ -104,7 +104,10 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None
         settings(ctx).debug = True
 
 
-def _global_options(with_env: bool) -> list[Callable[[F], F]]:
+def _global_options(with_env: bool, app_schema: bool = True) -> list[Callable[[F], F]]:
+    """The global options; after a command name (``with_env`` False) ``--app-schema`` is
+    shown only for the commands that take it (``app_schema``): the others keep it
+    hidden, and refuse it with a usage error that says why."""
     env = with_env
     return [
         click.option(
@@ -126,10 +129,12 @@ def _global_options(with_env: bool) -> list[Callable[[F], F]]:
             callback=_set_app_schema,
             expose_value=False,
             metavar="SCHEMA",
+            hidden=not app_schema,
             help="Schema of study_topic and study_question, chosen at the first migrate "
-            "[default: public]."
-            if env
-            else "As before the command name.",
+            "[default: public]"
+            + (
+                "; other commands use the one recorded then." if env else " (or PUBCTL_APP_SCHEMA)."
+            ),
         ),
         click.option(
             "--debug",
@@ -150,9 +155,10 @@ def group_options(fn: F) -> F:
     return fn
 
 
-def command_options(fn: F) -> F:
-    """The same options after a command name (the group already read the environment)."""
-    for option in reversed(_global_options(with_env=False)):
+def command_options(fn: F, *, app_schema: bool = False) -> F:
+    """The same options after a command name (the group already read the environment);
+    ``--app-schema`` in the help only of the commands that take it (``app_schema``)."""
+    for option in reversed(_global_options(with_env=False, app_schema=app_schema)):
         fn = option(fn)
     return fn
 
