@@ -1,9 +1,11 @@
 """The Prometheus alerting rules shipped in deploy/prometheus: promtool accepts them, their
 unit tests pass (each alert fires, and stays silent on look-alikes), and they agree with
-the alert table of docs/operations.md (names, expressions' thresholds, durations)."""
+the alert table of docs/operations.md (names, expressions' thresholds, durations). And the
+Grafana dashboard's queries are valid PromQL."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "pubctl-alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "pubctl-alerts.test.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
+DASHBOARD = ROOT / "deploy" / "grafana" / "pubctl-dashboard.json"
 
 
 def promtool() -> str:
@@ -150,3 +153,27 @@ def test_the_docs_alert_table_and_the_rules_agree() -> None:
     assert documented == set(found), (
         f"rules not in the docs' table: {sorted(set(found) - documented)}"
     )
+
+
+def test_the_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each of the Grafana dashboard's queries (its variables replaced by
+    what Grafana puts there) as a recording rule."""
+    tool = promtool()
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(exprs) >= 15
+    lines = ["groups:", "  - name: pubctl-dashboard", "    rules:"]
+    for n, expr in enumerate(exprs):
+        grafana = expr.replace("$__rate_interval", "1m").replace("$worker_job", ".*")
+        grafana = grafana.replace("$serve_job", ".*")
+        assert "$" not in grafana, expr
+        lines += [
+            f"      - record: pubctl:dashboard_query_{n}",
+            f"        expr: {json.dumps(grafana)}",
+        ]
+    rules_file = tmp_path / "dashboard-queries.yml"
+    rules_file.write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        [tool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

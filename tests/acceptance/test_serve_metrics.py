@@ -201,8 +201,10 @@ def family(name: str) -> str:
 
 
 def used_names() -> set[str]:
-    """Every pubctl metric name the rules file and the dashboard's queries name."""
-    exprs = [RULES.read_text()]  # expressions, summaries and descriptions alike
+    """Every pubctl metric name the rules' expressions and the dashboard's queries use."""
+    # Each rule's expression: from "expr:" to its "for:" (folded blocks included).
+    exprs = re.findall(r"expr: (.*?)\n\s+for:", RULES.read_text(), re.S)
+    assert len(exprs) >= 10
     dashboard = json.loads(DASHBOARD.read_text())
     exprs += [
         target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
