@@ -306,7 +306,27 @@ def apply_cmd(ctx: click.Context, batch_size: int) -> None:
 @batch_size_option(1000, "Outbox rows per batch.")
 @poll_interval_option(5.0)
 @click.option("-v", "--verbose", is_flag=True, help="Log one line per batch.")
-def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbose: bool) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port, logged "
+    "at start). Default: no metrics.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the metrics server (with --metrics-port).",
+)
+def worker_cmd(
+    ctx: click.Context,
+    batch_size: int,
+    poll_interval: float,
+    verbose: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Keep applying, woken by LISTEN/NOTIFY; stops cleanly on SIGTERM or SIGINT."""
     import logging
 
@@ -315,9 +335,26 @@ def worker_cmd(ctx: click.Context, batch_size: int, poll_interval: float, verbos
     refuse_app_schema(ctx)
     _log_to_stderr("worker", verbose)
     stop = _stop_on_signals()
-    worker_loop.run(
-        settings(ctx).url, batch_size=batch_size, poll_interval=poll_interval, stop=stop
-    )
+    url = settings(ctx).url
+    server = None
+    if metrics_port is not None:
+        from pubctl import worker_metrics
+
+        server = worker_metrics.MetricsServer(
+            worker_metrics.WorkerMetrics(url), metrics_host, metrics_port
+        )
+        logging.getLogger("pubctl.worker").info("serving metrics on %s", server.url)
+    try:
+        worker_loop.run(
+            url,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            stop=stop,
+            observer=server.metrics if server else None,
+        )
+    finally:
+        if server is not None:
+            server.close()
     logging.shutdown()
 
 
