@@ -169,9 +169,8 @@ class FeedServer:
             row = await self.probe.read("head", fresh=True)
         except psycopg.Error as exc:
             raise Unavailable(db.mask(_first_line(exc), self.config.url), 0) from None
-        head = _head(row)
-        self.metrics.head(head.feed_id, head.last_rev)
-        return head
+        self.metrics.head(None if row[1] is None else str(row[1]), row[2])
+        return _head(row)
 
     # -- reading the feed -------------------------------------------------------------
 

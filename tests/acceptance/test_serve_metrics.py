@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from pubctl.serve.metrics import Metrics
+
 from support.cli import run_subprocess, spawn
 from support.db import Database
 from support.serve import Served, reader_url, wait_until
@@ -148,6 +150,34 @@ def test_revs_follow_the_current_feed_across_a_drop_and_reinstall(pub_db: Databa
         read_all(served, feed_id=new["feed_id"])
         assert metric(served, "pubctl_serve_last_rev_served") == new_last + 1
     assert "Traceback" not in served.log
+
+
+def test_a_late_answer_of_a_replaced_feed_moves_nothing() -> None:
+    """A read that started before the reset and lands after it (a page, or a head
+    re-read) is of a feed already replaced: it neither moves the gauges nor brings the
+    old feed back."""
+    metrics = Metrics(lambda: {})
+
+    def gauges() -> tuple[float, float]:
+        text = metrics.render().decode()
+        found = samples(text)
+        return found["pubctl_serve_last_rev"], found["pubctl_serve_last_rev_served"]
+
+    metrics.head("old", 95004)
+    metrics.served("old", 95004)
+    assert gauges() == (95004, 95004)
+    metrics.head("new", 200)
+    assert gauges() == (200, 0)
+    metrics.served("old", 95003)
+    metrics.head("old", 95004)
+    assert gauges() == (200, 0)
+    metrics.served("new", 150)
+    metrics.head("new", 120)  # a re-read that started before the answer: never back
+    assert gauges() == (200, 150)
+    metrics.served("new", 230)  # published after the server's last read of the head
+    assert gauges() == (230, 230)
+    metrics.served("newer", None)  # an empty answer of yet another feed
+    assert gauges() == (0, 0)
 
 
 def listener_pids(db: Database) -> list[int]:
