@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import click
@@ -65,8 +66,9 @@ def _value(param: click.Option, tmp_path: Path) -> list[str]:
     if isinstance(kind, click.Choice):
         return [str(kind.choices[-1])]
     if isinstance(kind, click.IntRange | click.FloatRange):
+        # The lowest value allowed (a port: 0, any free one).
         low = kind.min if kind.min is not None else 1
-        return [str(max(low, 1) if kind.min_open is False else low + 1)]
+        return [str(low + 1 if kind.min_open else low)]
     if isinstance(kind, click.Path | click.File):
         token_file = tmp_path / "tokens"
         token_file.write_text("a-token-of-some-length\n")
@@ -113,7 +115,13 @@ def test_every_option_a_command_lists_is_accepted(
         ]
         if option != "--database-url":
             args += ["--database-url", NOWHERE]
-        result = CliRunner().invoke(cli, args)
+        # Commands install SIGTERM/SIGINT handlers: the test process keeps its own.
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            result = CliRunner().invoke(cli, args)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
         assert result.exit_code != 2, (args, result.output)
 
 
