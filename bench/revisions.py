@@ -1,10 +1,12 @@
-"""Capture at the head revision against the revision before it, side by side: the
+"""Capture at the head revision against an earlier one (the one before it, or
+PUBCTL_BENCH_BASELINE), side by side: the
 write-path figures a migration must not worsen (bulk insert, no-op UPDATE, single-row
 inserts), measured in two databases of the same server, interleaved, reported as
 head / previous."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -100,7 +102,10 @@ def _single_row_tps(url: str) -> float:
 
 def run(url: str, rows: int) -> list[tuple[str, str]]:
     """head / previous for each figure: times for the writes, tps for single rows."""
-    previous, head = revisions()[-2], revisions()[-1]
+    # The revision to compare with: the one before the head, or PUBCTL_BENCH_BASELINE
+    # (the head of the last release, say, when several revisions came since).
+    previous = os.environ.get("PUBCTL_BENCH_BASELINE", revisions()[-2])
+    head = revisions()[-1]
     with psycopg.connect(url, autocommit=True) as conn:
         base = conn.info.dbname
         for name in ("previous", "head"):
