@@ -18,7 +18,7 @@ import write_path
 from pubctl.migrate import migrate, revisions
 from pubctl.queries import read_sql_file
 
-REPEATS = 5
+REPEATS = int(os.environ.get("PUBCTL_BENCH_REPEATS", "5"))
 
 
 def _prepare(url: str, revision: str, rows: int) -> None:
