@@ -38,7 +38,9 @@ class Options:
     """What the user asked for."""
 
     page_size: int = DEFAULT_PAGE_SIZE
-    after_id: int = 0
+    # Start after this id; None (or 0, the command line's default: --after-id takes no
+    # negative value) starts before the first row, so that every id is read.
+    after_id: int | None = None
     max_rows: int | None = None
     max_backlog: int | None = None
     resume: bool = False
@@ -56,8 +58,8 @@ class SourceResult:
     rows: int = 0
     enqueued: int = 0
     pages: int = 0
-    last_id: int = 0
-    started_after_id: int = 0
+    last_id: int | None = None  # None: before the first row
+    started_after_id: int | None = None
     seconds: float = 0.0
     waited_for_backlog_s: float = 0.0
 
@@ -75,10 +77,8 @@ class SourceResult:
         line = f"{self.source}: {self.state}, {done} enqueued in {pages} ({self.seconds:.1f}s)"
         if self.state in ("stopped", "interrupted"):
             why = "--max-rows" if self.state == "stopped" else "interrupted"
-            line += (
-                f"; stopped at id {self.last_id} ({why}); continue with "
-                f"`pubctl backfill {target} --resume`"
-            )
+            where = "before the first row" if self.last_id is None else f"at id {self.last_id}"
+            line += f"; stopped {where} ({why}); continue with `pubctl backfill {target} --resume`"
         return line
 
 
@@ -86,8 +86,8 @@ class SourceResult:
 class Checkpoint:
     """A row of ``pub.backfill_runs``: the latest run of one source."""
 
-    after_id: int
-    last_id: int
+    after_id: int | None
+    last_id: int | None
     rows_done: int
     enqueued: int
     state: str
@@ -201,7 +201,7 @@ class Backfill:
 
     def _leased(self, source: str) -> SourceResult:
         opts = self.options
-        after_id = opts.after_id
+        after_id = opts.after_id or None
         result = SourceResult(source=source, state="running", started_after_id=after_id)
         if opts.resume:
             with self.conn.cursor(row_factory=class_row(Checkpoint)) as cur:
@@ -256,7 +256,7 @@ class Backfill:
             if page.finished:
                 return "finished"
 
-    def _page(self, source: str, after_id: int, page_size: int) -> Page:
+    def _page(self, source: str, after_id: int | None, page_size: int) -> Page:
         """One page; tried again when it had to give way to a writer."""
         opts = self.options
         for attempt in range(1, PAGE_ATTEMPTS + 1):
@@ -276,8 +276,9 @@ class Backfill:
                 return page
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
                 if attempt == PAGE_ATTEMPTS:
+                    where = "from the first row" if after_id is None else f"after id {after_id}"
                     raise PubctlError(
-                        f"the page of {source} after id {after_id} gave way to writers "
+                        f"the page of {source} {where} gave way to writers "
                         f"{attempt} times ({type(exc).__name__}): a long transaction is "
                         "writing to the table",
                         hint="find it in pg_stat_activity, then `pubctl backfill --resume`",

@@ -86,6 +86,14 @@ def payload_hash(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
+def _id(value: Any, column: str) -> int:
+    """A row's id: any integer names the item (a tombstone carries no payload, so the
+    JSON-safe range is a payload rule for live rows only)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadRuleError(f"{column} must be an integer, got {value!r}")
+    return value
+
+
 def _safe_int(value: Any, column: str) -> int | None:
     if value is None:
         return None
@@ -103,13 +111,14 @@ def _choices(value: Any) -> list[str]:
 
 
 def topic_items(row: Mapping[str, Any]) -> list[Item]:
-    """The items a ``study_topic`` row publishes (one: the topic)."""
-    topic_id = _safe_int(row["id"], "study_topic.id")
-    assert topic_id is not None
+    """The items a ``study_topic`` row publishes (one: the topic).
+
+    Only what is published is read: of a deleted row, its id and ``deleted_at``."""
+    topic_id = _id(row["id"], "study_topic.id")
     payload = None
     if row["deleted_at"] is None:
         payload = {
-            "topic_id": topic_id,
+            "topic_id": _safe_int(topic_id, "study_topic.id"),
             "name": row["name"],
             "exam_round_size": _safe_int(row["exam_round_size"], "exam_round_size"),
         }
@@ -117,15 +126,17 @@ def topic_items(row: Mapping[str, Any]) -> list[Item]:
 
 
 def question_items(row: Mapping[str, Any]) -> list[Item]:
-    """The items a ``study_question`` row publishes: the question and its explanation."""
-    question_id = _safe_int(row["id"], "study_question.id")
-    assert question_id is not None
+    """The items a ``study_question`` row publishes: the question and its explanation.
+
+    Only what is published is read: of a deleted row, its id and ``deleted_at``; the
+    explanation only while ``explanation_status`` is 'ready'."""
+    question_id = _id(row["id"], "study_question.id")
     live = row["deleted_at"] is None
     question = None
     explanation = None
     if live:
         question = {
-            "question_id": question_id,
+            "question_id": _safe_int(question_id, "study_question.id"),
             "topic_id": _safe_int(row["topic_id"], "topic_id"),
             "exam_name": row["exam_name"],
             "exam_round": _safe_int(row["exam_round"], "exam_round"),

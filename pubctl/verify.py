@@ -9,6 +9,12 @@ Three things are compared for every item, page by page so that memory stays flat
   bytes (where SQL found the payload equal to the projection) or of the stored payload
   itself (where it did not): hash mismatch.
 Capture itself is checked too (``pubctl.capture.problems``, the same check as status).
+The ranges cover every id of the source, both ends of bigint included. A live row that
+breaks the payload rules makes the SQL projection of its range fail (PB001, as capture
+and backfill do): its items that break a rule are reported ``invalid``, once each, and
+the rest of the range is compared around its row. Only what a row publishes is read:
+the Python reference gets no column of a deleted row beyond its id and ``deleted_at``,
+and no explanation that is not ready (``pub.source_projection``).
 What was found is a :class:`pubctl.verify_report.Report`.
 """
 
@@ -30,11 +36,13 @@ from pubctl.verify_report import Finding, Report
 
 Conn = psycopg.Connection[Any]
 Item = tuple[str, int]
+# An id range (lo, hi]: lo None has no lower bound (the first range starts before the
+# smallest bigint), hi None no upper bound.
+Range = tuple[int | None, int | None]
 
-FIRST_ID = -(2**63)
 DEFAULT_PAGE_SIZE = 10_000
 PAYLOAD_RULES = "PB001"
-WHOLE_TABLE = 2**31 - 1
+SMALLEST_ID, LARGEST_ID = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,15 @@ class ProjectedRow:
     row_data: str
     canonicals: str
     published_hashes: str | None
+
+
+@dataclass(frozen=True)
+class RuleBreak:
+    """A row of ``pub.verify_rule_breaks``: an item its row cannot publish, and why."""
+
+    kind: str
+    source_id: int
+    rule: str
 
 
 @dataclass(frozen=True)
@@ -114,7 +131,7 @@ class Verification:
                 unsafe.add(problem.subject)
         return unsafe
 
-    def page_bound(self, source: sources.Source, after_id: int, page_size: int) -> PageBound:
+    def page_bound(self, source: sources.Source, after_id: int | None, page_size: int) -> PageBound:
         with self.conn.cursor(row_factory=class_row(PageBound)) as cur:
             bound = cur.execute(
                 query("verify_page_bound"),
@@ -123,9 +140,9 @@ class Verification:
         assert bound is not None
         return bound
 
-    def ranges(self, source: sources.Source) -> Iterator[tuple[int, int | None]]:
-        """Consecutive id ranges (lo, hi] covering the whole table; the last is open."""
-        lo = FIRST_ID
+    def ranges(self, source: sources.Source) -> Iterator[Range]:
+        """Consecutive id ranges (lo, hi] covering every id; the first and last are open."""
+        lo: int | None = None
         while True:
             bound = self.page_bound(source, lo, self.page_size)
             if bound.rows_in_page < self.page_size or bound.last_id is None:
@@ -134,82 +151,82 @@ class Verification:
             yield lo, bound.last_id
             lo = bound.last_id
 
-    def check_range(self, source: sources.Source, lo: int, hi: int | None) -> None:
-        """Compare one range; a range holding rows that break the payload rules is split
-        around them (each reported ``invalid``)."""
+    def check_range(self, source: sources.Source, lo: int | None, hi: int | None) -> None:
+        """Compare one range. When rows in it break the payload rules, report their items
+        that do as ``invalid`` and compare what lies around those rows."""
         try:
             self.compare_range(source, lo, hi)
         except psycopg.Error as exc:
             if getattr(exc, "sqlstate", None) != PAYLOAD_RULES:
                 raise
-            for a, b in self.good_ranges(source, lo, hi):
-                self.compare_range(source, a, b)
-            if hi is None:  # what lies after the last row (orphans) is still checked
-                last = self.page_bound(source, lo, WHOLE_TABLE).last_id
-                self.compare_range(source, last if last is not None else lo, None)
+            broken = self.rule_breaks(source, lo, hi)
+            if not broken:
+                raise  # no row breaks a rule any more: changed meanwhile, run verify again
+            for item in broken:
+                if item.kind in self.kinds:
+                    detail = f"breaks the payload rules: {item.rule}"
+                    self.report.add(Finding("invalid", item.kind, item.source_id, detail))
+            for a, b in around({item.source_id for item in broken}, lo, hi):
+                self.check_range(source, a, b)
 
-    def good_ranges(self, source: sources.Source, lo: int, hi: int | None) -> list[tuple[int, int]]:
-        """The sub-ranges of (lo, hi] free of rows breaking the payload rules, reporting
-        each such row as ``invalid``. Bisects the id space; only runs when a range
-        failed, so it costs nothing on a healthy table."""
-        if hi is None:
-            last = self.page_bound(source, lo, WHOLE_TABLE).last_id
-            hi = last if last is not None else lo
-        good: list[tuple[int, int]] = []
-        stack = [(lo, hi)]
-        while stack:
-            a, b = stack.pop()
-            if a >= b:
-                continue
-            try:
-                self.conn.execute(
-                    query("verify_source_projection"), {"source": source.table, "lo": a, "hi": b}
-                ).fetchall()
-                good.append((a, b))
-            except psycopg.Error as exc:
-                if getattr(exc, "sqlstate", None) != PAYLOAD_RULES:
-                    raise
-                if b - a == 1:
-                    message = (exc.diag.message_primary or str(exc)).removeprefix("pubctl: ")
-                    self.report.add(Finding("invalid", source.main_kind, b, message))
-                    continue
-                mid = a + (b - a) // 2
-                stack += [(mid, b), (a, mid)]
-        return sorted(good)
+    def rule_breaks(
+        self, source: sources.Source, lo: int | None, hi: int | None
+    ) -> list[RuleBreak]:
+        """The items of (lo, hi] whose projection breaks the payload rules (asked only when
+        the range's comparison failed, so it costs nothing on a healthy table)."""
+        with self.conn.cursor(row_factory=class_row(RuleBreak)) as cur:
+            return cur.execute(
+                query("verify_rule_breaks"), {"source": source.table, "lo": lo, "hi": hi}
+            ).fetchall()
 
-    def compare_range(self, source: sources.Source, lo: int, hi: int | None) -> None:
-        """The SQL comparison of one range, then the Python reference over its rows."""
-        suspects = self.compare_in_sql(source, lo, hi)
+    def compare_range(self, source: sources.Source, lo: int | None, hi: int | None) -> None:
+        """The SQL comparison of one range, then the Python reference over its rows. What
+        they find is reported once both queries succeeded (a range that fails is checked
+        again around its bad rows)."""
+        found: list[Finding] = []
+        suspects = self.compare_in_sql(source, lo, hi, found)
+        checked = 0
         with self.conn.cursor(row_factory=class_row(ProjectedRow)) as cur:
             rows = cur.execute(
                 query("verify_source_projection"), {"source": source.table, "lo": lo, "hi": hi}
             )
             for row in rows:
-                self.check_row(source, row, suspects)
-                self.report.checked[source.table] = self.report.checked.get(source.table, 0) + 1
-        self.check_stored_hashes(sorted(s for s in suspects if s[0] in self.kinds))
+                self.check_row(source, row, suspects, found)
+                checked += 1
+        self.check_stored_hashes(sorted(s for s in suspects if s[0] in self.kinds), found)
+        for finding in found:
+            self.report.add(finding)
+        self.report.checked[source.table] = self.report.checked.get(source.table, 0) + checked
 
-    def compare_in_sql(self, source: sources.Source, lo: int, hi: int | None) -> set[Item]:
-        """Report what ``pub.verify_range`` finds; return the items it named."""
+    def compare_in_sql(
+        self, source: sources.Source, lo: int | None, hi: int | None, found: list[Finding]
+    ) -> set[Item]:
+        """What ``pub.verify_range`` finds, into ``found``; return the items it named."""
         suspects: set[Item] = set()
         with self.conn.cursor(row_factory=class_row(Difference)) as cur:
-            found = cur.execute(query("verify_range"), {"source": source.table, "lo": lo, "hi": hi})
-            for d in found:
+            differences = cur.execute(
+                query("verify_range"), {"source": source.table, "lo": lo, "hi": hi}
+            )
+            for d in differences:
                 suspects.add((d.kind, d.source_id))
                 if d.kind not in self.kinds:
                     continue
                 text = ", ".join(d.detail or [])
                 if d.pending and d.category in ("missing", "stale", "orphaned"):
                     detail = f"{d.category} until the outbox is applied"
-                    self.report.add(Finding("pending", d.kind, d.source_id, detail))
+                    found.append(Finding("pending", d.kind, d.source_id, detail))
                     continue
                 if d.category == "stale":
                     text = f"differs in {text or 'payload_hash'}"
-                self.report.add(Finding(d.category, d.kind, d.source_id, text))
+                found.append(Finding(d.category, d.kind, d.source_id, text))
         return suspects
 
     def check_row(
-        self, source: sources.Source, projected: ProjectedRow, suspects: set[Item]
+        self,
+        source: sources.Source,
+        projected: ProjectedRow,
+        suspects: set[Item],
+        found: list[Finding],
     ) -> None:
         """Hold one row's SQL projection against the Python reference, and, where SQL
         found the published item equal to the projection, its stored hash against
@@ -223,7 +240,7 @@ class Verification:
             items = items_of(source.table, json.loads(projected.row_data))
         except PayloadRuleError as exc:
             detail = f"Python refuses the row: {exc}"
-            self.report.add(Finding("reference_mismatch", source.main_kind, source_id, detail))
+            found.append(Finding("reference_mismatch", source.main_kind, source_id, detail))
             return
         for item in items:
             if item.kind not in self.kinds:
@@ -232,19 +249,19 @@ class Verification:
             got = sql.get(item.kind)
             if item.payload is not None and (got.encode() if got is not None else None) != want:
                 detail = f"SQL {got!r} != Python {want.decode()!r}"
-                self.report.add(Finding("reference_mismatch", item.kind, source_id, detail))
+                found.append(Finding("reference_mismatch", item.kind, source_id, detail))
             elif item.payload is None and got is not None:
                 detail = f"SQL {got!r} != Python tombstone"
-                self.report.add(Finding("reference_mismatch", item.kind, source_id, detail))
+                found.append(Finding("reference_mismatch", item.kind, source_id, detail))
             stored = hashes.get(item.kind)
             if stored is None or (item.kind, source_id) in suspects:
                 continue  # never published, or checked from its stored payload below
             computed = hashlib.sha256(want).hexdigest()
             if stored != computed:
                 detail = f"stored {stored}, payload hashes to {computed}"
-                self.report.add(Finding("hash_mismatch", item.kind, source_id, detail))
+                found.append(Finding("hash_mismatch", item.kind, source_id, detail))
 
-    def check_stored_hashes(self, items: list[Item]) -> None:
+    def check_stored_hashes(self, items: list[Item], found: list[Finding]) -> None:
         """Hash the stored payloads of items SQL already flagged (rare) with rfc8785."""
         if not items:
             return
@@ -260,7 +277,7 @@ class Verification:
                     computed = f"(not canonicalisable: {exc})"
                 if computed != item.payload_hash:
                     detail = f"stored {item.payload_hash}, payload hashes to {computed}"
-                    self.report.add(Finding("hash_mismatch", item.kind, item.source_id, detail))
+                    found.append(Finding("hash_mismatch", item.kind, item.source_id, detail))
 
     def check_tombstone_hash(self) -> None:
         row = self.conn.execute(query("tombstone_hash")).fetchone()
@@ -268,6 +285,20 @@ class Verification:
         if not row or row[0] != expected:
             detail = f"SQL hashes {{}} to {row and row[0]}, Python to {expected}"
             self.report.add(Finding("reference_mismatch", "capture", None, detail))
+
+
+def around(ids: set[int], lo: int | None, hi: int | None) -> list[Range]:
+    """The ranges that cover (lo, hi] except the rows ``ids`` (all inside it), in order;
+    empty ones left out."""
+    ranges: list[Range] = []
+    start = lo
+    for x in sorted(ids):
+        if x > SMALLEST_ID and (start is None or x - 1 > start):
+            ranges.append((start, x - 1))
+        start = x
+    if start != LARGEST_ID and (hi is None or start is None or hi > start):
+        ranges.append((start, hi))
+    return ranges
 
 
 def verify(

@@ -117,4 +117,9 @@ class Report:
                     "to publish what the source says: `pubctl backfill all`, then "
                     "`pubctl apply` (or a running worker), then verify again"
                 )
+            if self.total("invalid"):
+                lines.append(
+                    "invalid rows cannot be published as they are: correct them in the "
+                    "application (capture refuses such writes, and a backfill stops at them)"
+                )
         return "\n".join(lines)

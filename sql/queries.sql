@@ -352,6 +352,11 @@ FROM pub.verify_range(%(source)s, %(lo)s, %(hi)s);
 SELECT source_id, row_data::text, canonicals::text, published_hashes::text
 FROM pub.source_projection(%(source)s, %(lo)s, %(hi)s);
 
+-- name: verify_rule_breaks
+-- The items of a range whose projection breaks the payload rules, and the rule each
+-- breaks (only asked for a range whose comparison raised PB001).
+SELECT kind, source_id, rule FROM pub.verify_rule_breaks(%(source)s, %(lo)s, %(hi)s);
+
 -- name: verify_content_items
 -- Stored payloads (as text: exact numbers) of the items verify flagged in a range.
 SELECT c.kind, c.source_id, c.payload::text, c.payload_hash

@@ -1,9 +1,9 @@
 -- Backfill: publishing rows that existed before capture (or changed while it was off).
 --
 -- One page is one call, one short transaction: it reads the next source rows by
--- keyset (id > after_id), enqueues their items through the same projection functions
--- the triggers use, and records its progress in pub.backfill_runs in the same
--- transaction, so a crash resumes exactly after the last committed page.
+-- keyset (id > after_id, or from the first row), enqueues their items through the same
+-- projection functions the triggers use, and records its progress in pub.backfill_runs
+-- in the same transaction, so a crash resumes exactly after the last committed page.
 --
 -- Safe beside live writes: the page reads its rows FOR SHARE. A writer already
 -- updating one of them makes the page wait and then read the writer's version; a
@@ -15,8 +15,9 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 CREATE TABLE pub.backfill_runs (
     source     text PRIMARY KEY CHECK (source IN ('study_topic', 'study_question')),
-    after_id   bigint NOT NULL,              -- where the run started
-    last_id    bigint NOT NULL,              -- the last source id of the last committed page
+    after_id   bigint,                       -- where the run started (NULL: before the first row)
+    last_id    bigint,                       -- the last source id of the last committed page
+                                             -- (NULL: before the first row, none read yet)
     rows_done  bigint NOT NULL DEFAULT 0,    -- source rows read so far
     enqueued   bigint NOT NULL DEFAULT 0,    -- outbox rows written so far
     state      text NOT NULL CHECK (state IN ('running', 'stopped', 'finished')),
@@ -32,7 +33,8 @@ COMMENT ON TABLE pub.backfill_runs IS
 -- 1. Its bounds come from an unlocked keyset read: the ids of the next page_size rows
 --    after after_id. The page covers (after_id, upper], upper being the last of those
 --    ids, or no bound at all when fewer rows remain (the last page owns every id after
---    after_id).
+--    after_id). after_id NULL starts before the first row: every id is read, the
+--    smallest bigint too.
 -- 2. It reads the rows in exactly that range FOR SHARE (at most page_size of them) and
 --    enqueues, through the same projection the triggers use:
 --    * every live item's payload (the applier drops what is already published: churn 0);
@@ -56,7 +58,8 @@ COMMENT ON TABLE pub.backfill_runs IS
 --    rare: a deletion capture saw has its tombstone in the outbox already.
 --
 -- With dry_run nothing is written or locked; the counts say what would be. last_id is
--- the checkpoint, the last id the page covered (the next page starts after it);
+-- the checkpoint, the last id the page covered (the next page starts after it; NULL
+-- when the page started before the first row and covered none);
 -- finished says this was the last page.
 CREATE FUNCTION pub.backfill_page(
     source text, after_id bigint, page_size integer, include_deleted boolean, dry_run boolean,
@@ -94,7 +97,8 @@ BEGIN
     -- 1. The page's bounds, unlocked.
     EXECUTE format(
         'SELECT count(*)::integer, max(p.id)::bigint FROM '
-        '(SELECT r.id FROM %I.%I AS r WHERE r.id > $1 ORDER BY r.id LIMIT $2) AS p',
+        '(SELECT r.id FROM %I.%I AS r WHERE ($1::bigint IS NULL OR r.id > $1) '
+        'ORDER BY r.id LIMIT $2) AS p',
         app, source)
     INTO rows_read, upper_id
     USING after_id, page_size;
@@ -108,7 +112,8 @@ BEGIN
         SELECT c.kind, c.source_id
         FROM pub.content AS c
         WHERE c.kind = ANY ($1) AND NOT c.deleted
-          AND c.source_id > $2 AND ($3::bigint IS NULL OR c.source_id <= $3)
+          AND ($2::bigint IS NULL OR c.source_id > $2)
+          AND ($3::bigint IS NULL OR c.source_id <= $3)
           AND NOT EXISTS (SELECT FROM %1$I.%2$I AS r WHERE r.id = c.source_id)
           AND COALESCE((SELECT o.deleted FROM pub.outbox AS o
                         WHERE o.kind = c.kind AND o.source_id = c.source_id
@@ -126,7 +131,7 @@ BEGIN
         WITH page AS MATERIALIZED (
             SELECT %3$s
             FROM %1$I.%2$I AS r
-            WHERE r.id > $1 AND ($2::bigint IS NULL OR r.id <= $2)
+            WHERE ($1::bigint IS NULL OR r.id > $1) AND ($2::bigint IS NULL OR r.id <= $2)
             ORDER BY r.id
             LIMIT $3
             FOR SHARE

@@ -128,3 +128,47 @@ def test_outside_the_fast_domain_rfc8785_decides(payload: dict[str, object]) -> 
             canonical_json(payload)
         return
     assert canonical_json(payload) == expected
+
+
+# What verify ships for a row that publishes nothing: its id and deleted_at, every other
+# projected column null (pub.source_projection).
+def _shipped_deleted(table_columns: tuple[str, ...], row_id: int) -> dict[str, object]:
+    return {**dict.fromkeys(table_columns), "id": row_id, "deleted_at": "2026-01-01T00:00:00+00:00"}
+
+
+QUESTION_COLUMNS = tuple(question())
+TOPIC_COLUMNS = ("id", "name", "exam_round_size", "deleted_at")
+
+
+@pytest.mark.parametrize("row_id", [2**53, 2**60, -(2**63), 2**63 - 1])
+def test_deleted_rows_beyond_the_json_safe_range_are_tombstones(row_id: int) -> None:
+    """The JSON-safe range is a payload rule: a row that publishes no payload breaks none,
+    whatever its id, and none of its other values are read."""
+    (t,) = topic_items(_shipped_deleted(TOPIC_COLUMNS, row_id))
+    assert (t.kind, t.source_id, t.deleted) == ("topic", row_id, True)
+    q, e = question_items(_shipped_deleted(QUESTION_COLUMNS, row_id))
+    assert (q.source_id, q.deleted, e.source_id, e.deleted) == (row_id, True, row_id, True)
+    deleted_with_bad_values = question(id=row_id, deleted_at=NOW, choices={"a": 1}, topic_id=2**60)
+    assert all(i.deleted for i in question_items(deleted_with_bad_values))
+
+
+@pytest.mark.parametrize("row_id", [2**53, -(2**53), 2**60, -(2**63), 2**63 - 1])
+def test_live_rows_beyond_the_json_safe_range_break_the_rules(row_id: int) -> None:
+    with pytest.raises(PayloadRuleError, match="JSON-safe range"):
+        topic_items({"id": row_id, "name": "t", "exam_round_size": None, "deleted_at": None})
+    with pytest.raises(PayloadRuleError, match="JSON-safe range"):
+        question_items(question(id=row_id, explanation_status="draft"))
+
+
+def test_an_explanation_that_is_not_ready_is_never_read() -> None:
+    """verify ships no explanation that is not ready: the reference does not need it."""
+    _q, e = question_items(question(explanation_status="draft", explanation=None))
+    assert e.deleted
+    _q, e = question_items(question(explanation_status="draft", explanation=object()))
+    assert e.deleted
+
+
+@pytest.mark.parametrize("row_id", [True, 1.0, "1", None])
+def test_an_id_must_be_an_integer_even_for_a_tombstone(row_id: object) -> None:
+    with pytest.raises(PayloadRuleError, match="must be an integer"):
+        topic_items({"id": row_id, "name": None, "exam_round_size": None, "deleted_at": NOW})

@@ -59,3 +59,15 @@ def test_table_names_every_category_and_says_what_to_run() -> None:
     capture.add(Finding("capture_bypassed", "capture", None, "trigger disabled"))
     assert "capture_bypassed: capture: trigger disabled" in capture.render()
     assert "backfill" not in capture.render(), "a backfill cannot repair capture"
+
+
+def test_invalid_is_drift_and_says_the_rows_need_correcting() -> None:
+    report = Report(limit=5)
+    detail = "breaks the payload rules: choices must be a JSON array of strings"
+    report.add(Finding("invalid", "question", 6, detail))
+    assert report.drift == 1 and not report.clean
+    text = report.render()
+    assert f"invalid: question 6: {detail}" in text
+    assert "correct them in the application" in text
+    assert "backfill all`" not in text, "a backfill cannot publish such a row"
+    assert report.as_dict()["counts"] == {"invalid": {"question": 1}}
