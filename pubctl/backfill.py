@@ -38,6 +38,9 @@ class Options:
     """What the user asked for."""
 
     page_size: int = DEFAULT_PAGE_SIZE
+    # False: --batch-size was not given, so --resume goes on with the page size of the
+    # run it resumes.
+    page_size_given: bool = True
     # Start after this id; None (or 0, the command line's default: --after-id takes no
     # negative value) starts before the first row, so that every id is read.
     after_id: int | None = None
@@ -91,6 +94,7 @@ class Checkpoint:
     rows_done: int
     enqueued: int
     state: str
+    page_size: int | None
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,7 @@ class Backfill:
 
     def _leased(self, source: str) -> SourceResult:
         opts = self.options
+        self._page_size: int | None = None
         after_id = opts.after_id or None
         result = SourceResult(source=source, state="running", started_after_id=after_id)
         if opts.resume:
@@ -211,9 +216,14 @@ class Backfill:
                 return result
             after_id = run.last_id
             result.started_after_id = after_id
+            if not opts.page_size_given and run.page_size:
+                self._page_size = run.page_size
             self.conn.execute(query("backfill_resume"), {"source": source})
         elif not opts.dry_run:
-            self.conn.execute(query("backfill_start"), {"source": source, "after_id": after_id})
+            self.conn.execute(
+                query("backfill_start"),
+                {"source": source, "after_id": after_id, "page_size": opts.page_size},
+            )
         estimate_row = self.conn.execute(
             query("backfill_estimate"), {"schema": self._app_schema, "source": source}
         ).fetchone()
@@ -236,7 +246,7 @@ class Backfill:
     def _pages(self, source: str, result: SourceResult, estimate: int, started: float) -> str:
         opts = self.options
         while True:
-            page_size = self.budget.page(opts.page_size)
+            page_size = self.budget.page(self._page_size or opts.page_size)
             if page_size <= 0:
                 return "stopped"
             if self.should_stop():

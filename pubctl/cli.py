@@ -487,6 +487,8 @@ def backfill_cmd(
     refuse_app_schema(ctx)
     options = backfiller.Options(
         page_size=batch_size,
+        page_size_given=ctx.get_parameter_source("batch_size")
+        is not click.core.ParameterSource.DEFAULT,
         after_id=after_id or 0,
         max_rows=max_rows,
         max_backlog=max_backlog,

@@ -306,16 +306,17 @@ SELECT pg_catalog.current_setting('max_prepared_transactions')::integer AS max_p
         WHERE x.database = pg_catalog.current_database()) AS prepared_now;
 
 -- name: backfill_run
-SELECT after_id, last_id, rows_done, enqueued, state
+SELECT after_id, last_id, rows_done, enqueued, state, page_size
 FROM pub.backfill_runs
 WHERE source = %(source)s;
 
 -- name: backfill_start
-INSERT INTO pub.backfill_runs AS r (source, after_id, last_id, state)
-VALUES (%(source)s, %(after_id)s, %(after_id)s, 'running')
+INSERT INTO pub.backfill_runs AS r (source, after_id, last_id, state, page_size)
+VALUES (%(source)s, %(after_id)s, %(after_id)s, 'running', %(page_size)s)
 ON CONFLICT (source) DO UPDATE
 SET after_id = EXCLUDED.after_id, last_id = EXCLUDED.last_id, rows_done = 0, enqueued = 0,
-    state = 'running', started_at = pg_catalog.now(), updated_at = pg_catalog.now();
+    state = 'running', started_at = pg_catalog.now(), updated_at = pg_catalog.now(),
+    page_size = EXCLUDED.page_size;
 
 -- name: backfill_resume
 UPDATE pub.backfill_runs SET state = 'running', updated_at = pg_catalog.now()

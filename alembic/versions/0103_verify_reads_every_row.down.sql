@@ -255,3 +255,5 @@ WHERE after_id IS NULL OR last_id IS NULL;
 
 ALTER TABLE pub.backfill_runs ALTER COLUMN after_id SET NOT NULL,
                               ALTER COLUMN last_id SET NOT NULL;
+
+ALTER TABLE pub.backfill_runs DROP COLUMN page_size;

@@ -7,6 +7,7 @@
 --   explanation while it is ready): unpublished text is neither read nor shipped.
 -- * pub.verify_rule_breaks names the items of a range that break the payload rules,
 --   so that verify reports them as `invalid` and compares the rest of the range.
+-- * pub.backfill_runs records each run's page size (page_size), for --resume.
 -- Replaces four functions, adds one, and lets two columns of pub.backfill_runs be
 -- NULL; takes no lock on the application's tables.
 
@@ -14,6 +15,9 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 ALTER TABLE pub.backfill_runs ALTER COLUMN after_id DROP NOT NULL,
                               ALTER COLUMN last_id DROP NOT NULL;
+
+-- The page size a run was started with, so that --resume goes on with it.
+ALTER TABLE pub.backfill_runs ADD COLUMN page_size integer CHECK (page_size > 0);
 
 -- One page of a backfill, in one transaction (READ COMMITTED, which the page checks):
 --

@@ -22,7 +22,8 @@ CREATE TABLE pub.backfill_runs (
     enqueued   bigint NOT NULL DEFAULT 0,    -- outbox rows written so far
     state      text NOT NULL CHECK (state IN ('running', 'stopped', 'finished')),
     started_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    page_size  integer CHECK (page_size > 0)  -- the run's page size, for --resume
 );
 
 COMMENT ON TABLE pub.backfill_runs IS

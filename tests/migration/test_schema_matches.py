@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pubctl import migrate
-from pubctl.queries import read_sql_file, schema_files
+from pubctl.queries import query, read_sql_file, schema_files
 
 from support.catalog import snapshot
 from support.db import Database
@@ -14,6 +14,9 @@ def test_migrated_schema_equals_schema_sql(app_db: Database, pub_db: Database) -
         for part in schema_files():
             with conn.transaction():
                 conn.execute(read_sql_file(part).encode())
+        # What every `pubctl migrate` does at its end (pubctl.migrate.finish).
+        conn.execute(query("revoke_undocumented_grants"))
+        conn.execute(query("grant_feed_reader"))
         from_schema_file = snapshot(conn)
     with pub_db.connect() as conn:
         from_migrations = snapshot(conn)
