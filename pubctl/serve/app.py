@@ -44,6 +44,10 @@ log = logging.getLogger("pubctl.serve")
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_TIMEOUT_S = 5.0
+# While the listener has lost the database, a request waits at most this long for a
+# pool connection: the database is likely down, and a viewer should get its 503 (and
+# Retry-After) within about a second, not after the full pool timeout.
+DOWN_POOL_TIMEOUT_S = 0.8
 # /healthz answers within a second: 503 when pub.health() has not answered by then.
 HEALTH_TIMEOUT_S = 0.8
 # An empty page read for a long-poll serves the long-polls with the same question that
@@ -174,9 +178,16 @@ class FeedServer:
 
     # -- reading the feed -------------------------------------------------------------
 
+    def _pool_wait(self) -> float:
+        """How long a request may wait for a pool connection now."""
+        listener = self.listener
+        if listener is not None and not listener.connected:
+            return min(self.config.pool_timeout, DOWN_POOL_TIMEOUT_S)
+        return self.config.pool_timeout
+
     async def _query_page(self, params: FeedParams) -> Page:
         try:
-            async with self.pool.connection(timeout=self.config.pool_timeout) as conn:
+            async with self.pool.connection(timeout=self._pool_wait()) as conn:
                 self._feed_queries.inc()
                 cur = await conn.execute(
                     query("feed_page_with_identity"),
@@ -189,7 +200,7 @@ class FeedServer:
                 rows = await cur.fetchall()
         except PoolTimeout as exc:
             raise Unavailable(
-                f"no database connection within {self.config.pool_timeout:g}s "
+                f"no database connection within {self._pool_wait():g}s "
                 f"(pool of {self.config.pool_size} busy, or the database is unreachable): "
                 f"{_first_line(exc)}",
                 RETRY_AFTER_BUSY_S,
