@@ -3,7 +3,7 @@ stopped for a while, then started again on the same port and data directory. Whi
 down both retry about every second; once it is back, a write made at once is applied and
 printed within about two seconds.
 
-PUBCTL_OUTAGE_SECONDS sets the outage (default 5; `make soak` style runs may use 20).
+PUBCTL_OUTAGE_SECONDS sets the outage (default 20 s, as an operator saw it; 5 is enough for a quick run).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pubctl.throwaway import ThrowawayPostgres, find_bindir
 from support.cli import spawn
 from support.db import Database
 
-OUTAGE_S = float(os.environ.get("PUBCTL_OUTAGE_SECONDS", "5"))
+OUTAGE_S = float(os.environ.get("PUBCTL_OUTAGE_SECONDS", "20"))
 CATCH_UP_S = 2.5  # "about 2 s": a reconnection attempt at most every second, plus slack
 
 
