@@ -460,7 +460,6 @@ $$;
 
 
 DROP FUNCTION pub.capture_current_items(text, text[], bigint[]);
-DROP FUNCTION pub.written_otherwise(oid, boolean);
 
 CREATE OR REPLACE FUNCTION pub.notify_outbox() RETURNS void
     LANGUAGE sql VOLATILE
