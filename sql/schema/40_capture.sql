@@ -27,7 +27,10 @@
 -- * INSERT (DELETE) capture: when this transaction has updated or deleted (inserted
 --   or updated) rows of the same table, as Postgres's per-transaction counters
 --   (pg_stat_get_xact_tuples_*) say; without those writes no row of the statement can
---   have changed since;
+--   have changed since. The counters also hold the session's own recent transactions
+--   until Postgres reports them (about once a second, when the session is idle): a
+--   session that wrote the table a moment ago may take the reading path without need,
+--   never the other way round;
 -- * UPDATE capture: once a capture has run inside another trigger in this transaction
 --   (pg_trigger_depth() > 1, noted in pubctl.nested_capture_in): only a statement run
 --   by a trigger can change a row between its UPDATE and that UPDATE's queued capture
