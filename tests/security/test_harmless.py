@@ -509,3 +509,44 @@ def test_worker_status_and_applier_use_no_advisory_key_of_their_own(app: Roles) 
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(15) == 0
+
+
+# --- The current-state path runs no code of the table owner's ------------------------
+
+EVIL_NAME = """
+CREATE TYPE h_evil AS (v text);
+CREATE FUNCTION h_evil_to_text(h_evil) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE 'ALTER ROLE h_table_owner SUPERUSER';
+    RETURN ($1).v;
+END $$;
+CREATE CAST (h_evil AS text) WITH FUNCTION h_evil_to_text(h_evil) AS IMPLICIT;
+SET pubctl.allow_column_change = 'study_topic.name';
+ALTER TABLE study_topic RENAME COLUMN name TO name_old;
+ALTER TABLE study_topic ADD COLUMN name h_evil;
+"""
+
+
+def test_the_current_state_path_checks_types_before_it_reads(pub_db: Database) -> None:
+    """An INSERT in a transaction that updated the table first takes the path that reads
+    rows back (as the migrating role, a superuser here): the column types are checked
+    first, so an implicit cast of the owner's never runs."""
+    with roles(pub_db) as made:
+        owner = made.create("h_table_owner")
+        made.admin.execute(f"GRANT CREATE ON SCHEMA public TO {owner}")
+        made.admin.execute(f"ALTER TABLE study_topic OWNER TO {owner}")
+        made.admin.execute("INSERT INTO study_topic (id, name) VALUES (1, 'one')")
+        with made.connect(owner) as conn:
+            with pytest.raises(psycopg.Error) as info, conn.transaction():
+                # Captured with the table as it was; the counter now says "updated".
+                conn.execute("UPDATE study_topic SET name = 'uno' WHERE id = 1")
+                conn.execute(EVIL_NAME)
+                conn.execute(
+                    "INSERT INTO study_topic (id, name_old, name) VALUES (2, 'y', ROW('z'))"
+                )
+            assert info.value.sqlstate == "PB004"
+            assert "capture_topic_insert" in str(info.value.diag.context)
+        superuser = made.admin.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (owner,)
+        ).fetchone()[0]
+        assert superuser is False
