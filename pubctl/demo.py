@@ -144,7 +144,8 @@ class Demo:
         self.pubctl("verify")
 
         self.say("Someone edits the published copy by hand: verify catches it and names the item.")
-        self.sql("UPDATE pub.content SET payload = jsonb_set(payload, '{body}', '\"tampered\"') "
+        self.sql("UPDATE pub.content "
+                 "SET payload = jsonb_set(payload::jsonb, '{body}', '\"tampered\"')::json "
                  "WHERE kind = 'question' AND source_id = 1")  # fmt: skip
         self.pubctl("verify", "--limit-report", "5", expect=1)
         self.serve_over_http()

@@ -2,9 +2,10 @@
 --
 -- This is the one source of truth inside the database; triggers, backfill and verify
 -- all call these functions. Each returns the canonical text of the item's payload, or
--- NULL when the item is not live (a tombstone). The payload column is that text cast
--- to jsonb, and the hash (pub.payload_hash, at the end of this file) is computed over
--- that same text, so the two can never disagree.
+-- NULL when the item is not live (a tombstone). The payload columns hold that text
+-- itself (type json, which keeps its input byte for byte), and the hash
+-- (pub.payload_hash, at the end of this file) is computed over that same text, so the
+-- two can never disagree and a reader can check one against the other.
 --
 -- Why the text is built by concatenation per kind: the keys of each kind are fixed
 -- and ASCII, so their RFC 8785 order is known in advance; strings are escaped by

@@ -18,7 +18,7 @@ CREATE TABLE pub.content (
     source_id      bigint NOT NULL,
     pub_id         uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
     rev            bigint NOT NULL UNIQUE,
-    payload        jsonb NOT NULL,
+    payload        json NOT NULL,  -- the canonical text, as the outbox row carried it
     payload_hash   text NOT NULL,
     schema_version integer NOT NULL,
     deleted        boolean NOT NULL,
@@ -50,10 +50,15 @@ CREATE TABLE pub.rev_counter (
 INSERT INTO pub.rev_counter DEFAULT VALUES;
 
 -- The churn decision lives here, in one statement: take up to max_rows outbox rows
--- in id order, keep the newest per item, and write only items whose
--- (payload_hash, deleted) differs from what is published. A tombstone for an item
--- that was never published is dropped. Consumed outbox rows are deleted in the same
--- transaction, so a crash at any point either applies a batch whole or not at all.
+-- in id order, keep the newest per item, and write only items where something a
+-- reader sees differs from what is published: payload_hash, deleted or
+-- schema_version. Each such item gets a new rev; an item whose three are equal keeps
+-- its rev (churn 0). So nothing a reader can see ever changes under an old rev: a page
+-- of the feed is a pure function of the request and the last rev, and may be cached
+-- (a payload republished under a newer schema_version is a change too: a reader that
+-- keys on schema_version learns of it). A tombstone for an item that was never
+-- published is dropped. Consumed outbox rows are deleted in the same transaction, so
+-- a crash at any point either applies a batch whole or not at all.
 -- A batch that published something notifies 'pubctl_published' (payload: the new last
 -- rev), delivered when it commits: what `pubctl serve`'s long-polls wait for.
 CREATE FUNCTION pub.apply_batch(
@@ -88,7 +93,8 @@ BEGIN
         SELECT n.*,
                CASE
                    WHEN p.kind IS NULL AND n.deleted THEN 'dropped'
-                   WHEN (p.payload_hash, p.deleted) = (n.payload_hash, n.deleted) THEN 'unchanged'
+                   WHEN (p.payload_hash, p.deleted, p.schema_version)
+                        = (n.payload_hash, n.deleted, n.schema_version) THEN 'unchanged'
                    ELSE 'changed'
                END AS verdict
         FROM newest AS n
@@ -98,15 +104,6 @@ BEGIN
         SET last_rev = r.last_rev + (SELECT count(*) FROM judged WHERE verdict = 'changed')
         WHERE EXISTS (SELECT FROM judged WHERE verdict = 'changed')
         RETURNING r.last_rev - (SELECT count(*) FROM judged WHERE verdict = 'changed') AS first_rev
-    ), restamped AS (
-        -- Same payload under a newer schema_version (a projection change that left this
-        -- item's payload as it was): record the version, but it is no change for readers.
-        UPDATE pub.content AS p
-        SET schema_version = j.schema_version
-        FROM judged AS j
-        WHERE j.verdict = 'unchanged' AND (p.kind, p.source_id) = (j.kind, j.source_id)
-          AND p.schema_version <> j.schema_version
-        RETURNING 1
     ), published AS (
         -- Revs follow outbox order, so the feed shows changes in the order they were made.
         INSERT INTO pub.content AS p
@@ -142,6 +139,7 @@ REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
 
 -- The feed: item changes in rev order, for viewers. SECURITY DEFINER so that a
 -- reader role needs nothing but USAGE on schema pub and EXECUTE on this function.
+-- payload is the canonical text as stored (json): its bytes hash to payload_hash.
 --
 -- Filtered by kind, it reads index ranges: one range of each wanted kind's partial rev
 -- index, merged by rev, so a page of a rare kind never walks the revs of the others.
@@ -154,7 +152,7 @@ REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
 -- three kinds are the ones pub.content's CHECK constraint allows.
 CREATE FUNCTION pub.feed(after_rev bigint, max_rows integer DEFAULT 1000, kinds text[] DEFAULT NULL)
     RETURNS TABLE (
-        rev bigint, kind text, pub_id uuid, source_id bigint, payload jsonb,
+        rev bigint, kind text, pub_id uuid, source_id bigint, payload json,
         payload_hash text, schema_version integer, deleted boolean
     )
     LANGUAGE sql STABLE SECURITY DEFINER

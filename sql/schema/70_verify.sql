@@ -7,7 +7,8 @@
 -- differs:
 --   missing   the source has a live item, nothing live is published
 --   orphaned  something live is published, the source row is deleted, not ready or gone
---   stale     both live, but the published payload or hash is not the source's
+--   stale     both live, but the published payload or hash is not the source's (the
+--             payload compared as text: the stored bytes must be the canonical ones)
 --   old_schema published under an older schema_version than the projection's
 -- with pending = true when an outbox row for the item is still waiting to be applied
 -- (the difference may be explained by it). detail names the differing payload keys.
@@ -47,8 +48,8 @@ BEGIN
               AND ($1 IS NULL OR c.source_id > $1) AND ($2 IS NULL OR c.source_id <= $2)
         ), joined AS MATERIALIZED (
             SELECT COALESCE(e.kind, p.kind) AS kind, COALESCE(e.source_id, p.source_id) AS source_id,
-                   e.canonical::jsonb AS want, pub.payload_hash(e.canonical) AS want_hash,
-                   p.payload AS have, p.payload_hash AS have_hash,
+                   e.canonical AS want, pub.payload_hash(e.canonical) AS want_hash,
+                   p.payload::text AS have, p.payload_hash AS have_hash,
                    COALESCE(NOT p.deleted, false) AS have_live, p.schema_version
             FROM expected AS e
             FULL JOIN published AS p ON (p.kind, p.source_id) = (e.kind, e.source_id)
@@ -74,8 +75,8 @@ BEGIN
         SELECT j.kind, j.source_id, j.category, w.kind IS NOT NULL,
                CASE WHEN j.category = 'stale' THEN ARRAY(
                    SELECT COALESCE(a.key, b.key)
-                   FROM jsonb_each(j.want) AS a
-                   FULL JOIN jsonb_each(j.have) AS b ON b.key = a.key
+                   FROM jsonb_each(j.want::jsonb) AS a
+                   FULL JOIN jsonb_each(j.have::jsonb) AS b ON b.key = a.key
                    WHERE a.value IS DISTINCT FROM b.value
                    ORDER BY 1)
                END

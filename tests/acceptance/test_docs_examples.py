@@ -159,7 +159,7 @@ def test_http_viewer_example_keeps_a_copy_of_the_kinds_it_wants(pub_db: Database
             # A tampered payload is refused, not applied.
             with pub_db.connect() as conn:
                 conn.execute(
-                    "UPDATE pub.content SET payload = jsonb_set(payload, '{name}', '\"x\"') WHERE kind = 'topic' AND source_id = 2"
+                    "UPDATE pub.content SET payload = jsonb_set(payload::jsonb, '{name}', '\"x\"')::json WHERE kind = 'topic' AND source_id = 2"
                 )
             fresh = viewer.Copy()
             with pytest.raises(ValueError, match="does not match its payload_hash"):

@@ -74,7 +74,7 @@ TAMPERING = [
     ),
     (
         "stale payload",
-        "UPDATE pub.content SET payload = jsonb_set(payload, '{body}', '\"x\"') WHERE kind = 'question' AND source_id = 4",
+        "UPDATE pub.content SET payload = jsonb_set(payload::jsonb, '{body}', '\"x\"')::json WHERE kind = 'question' AND source_id = 4",
         ("stale", "question", 4),
     ),
     (

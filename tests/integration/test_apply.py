@@ -75,7 +75,7 @@ def test_reapplying_the_same_payload_is_churn_zero(conn: psycopg.Connection) -> 
     assert content(conn) == before
 
 
-def test_rev_moves_exactly_when_hash_or_deleted_changes(conn: psycopg.Connection) -> None:
+def test_rev_moves_when_hash_or_deleted_changes(conn: psycopg.Connection) -> None:
     apply(conn)
     (rev1, pub_id, _d, _p) = content(conn)[("topic", 1)]
     conn.execute("UPDATE study_topic SET name = 'B'")
@@ -92,6 +92,36 @@ def test_rev_moves_exactly_when_hash_or_deleted_changes(conn: psycopg.Connection
     assert rev4 > rev3 and not deleted and pub_id4 == pub_id, (
         "pub_id is stable across delete and restore"
     )
+
+
+def test_a_new_schema_version_moves_the_rev_and_notifies(
+    conn: psycopg.Connection, pub_db: Database
+) -> None:
+    """The same payload under another schema_version is a change a reader can see: a new
+    rev (so no page answered before it can be answered again unchanged) and the
+    notification long-polls wait for; the same version again is churn 0."""
+    apply(conn)
+    (rev1, pub_id, _d, payload) = content(conn)[("topic", 1)]
+    with pub_db.connect() as listener:
+        listener.execute("LISTEN pubctl_published")
+        restamp = (
+            "INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version,"
+            " deleted) SELECT kind, source_id, payload, payload_hash, %s, deleted"
+            " FROM pub.content WHERE kind = 'topic' AND source_id = 1"
+        )
+        conn.execute(restamp, (2,))
+        assert apply(conn) == (1, 1, 0, 0)
+        (rev2, pub_id2, _d, payload2) = content(conn)[("topic", 1)]
+        assert rev2 > rev1 and pub_id2 == pub_id and payload2 == payload
+        assert feed(conn, after=rev1) == [(rev2, "topic", 1, False, pub_id)]
+        assert conn.execute(
+            "SELECT schema_version FROM pub.feed(%s) WHERE rev = %s", (rev1, rev2)
+        ).fetchone() == (2,)
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+        assert [n.payload for n in notes] == [str(rev2)]
+        conn.execute(restamp, (2,))
+        assert apply(conn) == (1, 0, 1, 0), "the same version again is churn 0"
+        assert content(conn)[("topic", 1)][0] == rev2
 
 
 def test_tombstone_of_never_published_item_is_dropped(conn: psycopg.Connection) -> None:

@@ -146,8 +146,10 @@ def test_soft_delete_restore_and_changes_while_deleted(conn: psycopg.Connection)
     clear(conn)
     conn.execute("UPDATE study_question SET deleted_at = now()")
     assert outbox(conn) == [("question", 10, True), ("explanation", 10, True)]
-    payloads = conn.execute("SELECT DISTINCT payload, payload_hash FROM pub.outbox").fetchall()
-    assert payloads == [({}, hashlib.sha256(b"{}").hexdigest())]
+    payloads = conn.execute(
+        "SELECT DISTINCT payload::text, payload_hash FROM pub.outbox"
+    ).fetchall()
+    assert payloads == [("{}", hashlib.sha256(b"{}").hexdigest())]
     clear(conn)
     conn.execute("UPDATE study_question SET body = 'edited while deleted'")
     conn.execute("UPDATE study_question SET deleted_at = now() + interval '1 hour'")
