@@ -19,7 +19,7 @@ PAGE = 1000
 FILL = """
 INSERT INTO pub.content (kind, source_id, rev, payload, payload_hash, schema_version, deleted)
 SELECT CASE WHEN g %% 1000 = 0 THEN 'topic' WHEN g %% 2 = 0 THEN 'question' ELSE 'explanation' END,
-       g, g, jsonb_build_object('id', g, 'text', rpad('x', 380, 'y ' || g)), md5(g::text), 1, false
+       g, g, json_build_object('id', g, 'text', rpad('x', 380, 'y ' || g)), md5(g::text), 1, false
 FROM generate_series(1, %(items)s) g
 """
 

@@ -22,6 +22,7 @@ import psycopg
 import revisions
 import serve_bench
 import single_row
+import upgrade_bench
 import verify_bench
 import write_path
 
@@ -40,6 +41,7 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "verify": verify_bench.run,
     "serve": serve_bench.run,
     "revisions": revisions.run,
+    "upgrade": upgrade_bench.run,
 }
 
 
