@@ -116,7 +116,7 @@ def test_debezium_connector_names_real_outbox_columns(pub_db: Database) -> None:
         for part in config["transforms.outbox.table.fields.additional.placement"].split(",")
     ]
     assert set(named) <= set(columns), set(named) - set(columns)
-    assert columns["payload"] == "jsonb"
+    assert columns["payload"] == "json"
     assert config["table.include.list"] == "pub.outbox"
 
 
