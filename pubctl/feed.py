@@ -8,6 +8,14 @@ functions keep their signatures). ``--follow`` waits for the applier's
 the worker does: it tries to reconnect about every second and goes on from its cursor,
 unless the published state it was reading was removed or replaced meanwhile (another
 feed identity): then it says so and exits 3.
+
+A streaming hot standby cannot LISTEN: there ``--follow`` reads the replayed WAL
+position (``pg_last_wal_replay_lsn()``, open to every role, no table touched) every
+``REPLAY_POLL_S`` and reads the feed again only when it moved, or after
+``--poll-interval`` in any case: a change is printed within about half a second of its
+replay. When the standby is promoted it starts listening. A query the standby cancels
+because replay needed what it was reading (a conflict with recovery) is read again,
+like one lost with the connection.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ PAGE_SIZE = 1000
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 1.0
 WAIT_SLICE_S = 0.25
+# On a standby: how often the replayed WAL position is read.
+REPLAY_POLL_S = 0.25
 FEED_COLUMNS = (
     "rev", "kind", "pub_id", "source_id", "payload", "payload_hash", "schema_version", "deleted",
 )  # fmt: skip
@@ -202,7 +212,10 @@ def follow(
                     if identity is None:
                         raise
                     raise state_lost("removed", where, identity, None, "reader") from None
-                conn.execute(query("listen_published"))
+                # On a standby: the replayed position, read before each read of the feed.
+                position = replay_position(conn)
+                if position is None:
+                    conn.execute(query("listen_published"))
                 if down_since is not None:
                     log.warning("reconnected after %.1fs", time.monotonic() - down_since)
                     down_since = None
@@ -214,8 +227,19 @@ def follow(
                             cursor = rev
                         if len(page) < PAGE_SIZE:
                             break
-                    _wait(conn, poll_interval, should_stop)
-        except (psycopg.OperationalError, db.ConnectError) as exc:
+                    if position is None:
+                        _wait(conn, poll_interval, should_stop)
+                        continue
+                    position = _wait_replay(conn, position, poll_interval, should_stop)
+                    if position is None:
+                        log.warning("the standby was promoted: listening for publishes")
+                        conn.execute(query("listen_published"))
+        except (
+            psycopg.OperationalError,
+            db.ConnectError,
+            # On a standby, "canceling statement due to conflict with recovery".
+            psycopg.errors.SerializationFailure,
+        ) as exc:
             if down_since is None:
                 down_since = time.monotonic()
                 first = next(iter(str(exc).splitlines()), type(exc).__name__)
@@ -256,6 +280,29 @@ def _page_of_state(
     return current, [
         (int(str(row[1])), to_json_line(row[1:])) for row in rows if row[1] is not None
     ]
+
+
+def replay_position(conn: Conn) -> str | None:
+    """The replayed WAL position of a standby in recovery; None when the server is not
+    in recovery (a primary, or a standby since promoted)."""
+    row = conn.execute(query("replay_position")).fetchone()
+    assert row is not None
+    return str(row[1]) if row[0] else None
+
+
+def _wait_replay(
+    conn: Conn, position: str, seconds: float, should_stop: Callable[[], bool]
+) -> str | None:
+    """On a standby: wait until the replayed position moves past ``position`` or
+    ``seconds`` pass; the position then (to compare with next time), or None when
+    recovery ended (promoted) and the caller should listen instead."""
+    deadline = time.monotonic() + seconds
+    while not should_stop():
+        time.sleep(max(min(REPLAY_POLL_S, deadline - time.monotonic()), 0.0))
+        now = replay_position(conn)
+        if now is None or now != position or time.monotonic() >= deadline:
+            return now
+    return position
 
 
 def _wait(conn: Conn, seconds: float, should_stop: Callable[[], bool]) -> None:

@@ -396,3 +396,43 @@ FROM pub.health();
 -- Sent by each apply batch that published something, when it commits (payload: the new
 -- last rev): what `pubctl serve`'s long-polls wait for.
 LISTEN pubctl_published;
+
+-- name: serve_health_replay
+-- `pubctl serve`'s health and head re-reads: pub.health(), and whether the server is a
+-- standby in recovery, how far its replay is behind and whether WAL still streams in
+-- (NULL on a primary). The replay functions and pg_stat_wal_receiver are open to
+-- PUBLIC, so a feed reader may read them. The lag is 0 while everything received is
+-- replayed (an idle primary sends no commits, and the age of the last replayed one
+-- would grow with nothing to catch up), else the age of the last replayed commit.
+SELECT h.revision, h.feed_id::text, h.last_rev, r.replica, r.replay_lag_s, r.replay_lag_bytes,
+       r.streaming
+FROM pub.health() AS h,
+     (SELECT pg_catalog.pg_is_in_recovery() AS replica,
+             CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN NULL
+                  WHEN pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn()
+                  THEN 0.0
+                  ELSE GREATEST(EXTRACT(EPOCH FROM pg_catalog.now()
+                                - pg_catalog.pg_last_xact_replay_timestamp())::float8, 0.0)
+             END AS replay_lag_s,
+             CASE WHEN pg_catalog.pg_is_in_recovery()
+                  THEN GREATEST(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(),
+                                                           pg_catalog.pg_last_wal_replay_lsn()), 0)::bigint
+             END AS replay_lag_bytes,
+             -- Whether WAL still comes in: a standby cut off from its primary has
+             -- replayed all it received (lag 0) and falls behind unseen.
+             CASE WHEN pg_catalog.pg_is_in_recovery()
+                  THEN EXISTS (SELECT FROM pg_catalog.pg_stat_wal_receiver)
+             END AS streaming) AS r;
+
+-- name: replay_position
+-- `pubctl serve` and `pubctl feed --follow` on a standby, which cannot LISTEN: whether
+-- recovery still runs (false once promoted), how far WAL was replayed, and the replay
+-- lag as serve_health_replay computes it; read a few times a second, no table touched.
+-- Only when the position moved is the feed or its head read again.
+SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_replay_lsn()::text,
+       CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN NULL
+            WHEN pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn()
+            THEN 0.0
+            ELSE GREATEST(EXTRACT(EPOCH FROM pg_catalog.now()
+                          - pg_catalog.pg_last_xact_replay_timestamp())::float8, 0.0)
+       END;

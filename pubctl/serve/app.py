@@ -147,6 +147,12 @@ class FeedServer:
         self.metrics.listener_connected.set_function(
             lambda: 1.0 if self.listener and self.listener.connected else 0.0
         )
+        self.metrics.replica.set_function(
+            lambda: 1.0 if self.listener and self.listener.replica else 0.0
+        )
+        self.metrics.replay_lag.set_function(
+            lambda: (self.listener.replay_lag_s or 0.0) if self.listener else 0.0
+        )
         await self.pool.open(wait=False)
         self.listener.start()
 
@@ -308,6 +314,20 @@ def _head(row: HealthRow) -> Head:
     return Head(str(row[1]), int(row[2] or 0))
 
 
+def replica_details(row: HealthRow) -> dict[str, Any]:
+    """What ``/healthz`` says of a standby (health.py): ``replica``, and on a standby how
+    far its replay is behind the WAL it received and whether WAL still streams in."""
+    replica, lag_s, lag_bytes, streaming = (tuple(row[3:7]) + (None,) * 4)[:4]
+    if not replica:
+        return {"replica": False}
+    return {
+        "replica": True,
+        "replay_lag_s": None if lag_s is None else round(float(lag_s), 3),
+        "replay_lag_bytes": None if lag_bytes is None else int(lag_bytes),
+        "streaming": bool(streaming),
+    }
+
+
 class BodyCache:
     """Encoded bodies by ETag, least recently used first out.
 
@@ -405,15 +425,16 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
                 {"status": status, "reason": reason},
                 {"Retry-After": str(RETRY_AFTER_UNREACHABLE_S)},
             )
-        revision, feed_id, last_rev = row
+        revision, feed_id, last_rev = row[:3]
         if feed_id is not None:
             server.metrics.head(str(feed_id), last_rev)
         listener = server.listener
-        details = {
+        details: dict[str, Any] = {
             "revision": revision,
             "feed_id": feed_id,
             "last_rev": last_rev,
             "listener": "connected" if listener and listener.connected else "reconnecting",
+            **replica_details(row),
         }
         if revision != config.head_revision:
             reason = (

@@ -11,6 +11,10 @@ connection closed) after ``QUERY_LIMIT_S``.
 The same query tells the ``Notifier`` (``listener.py``) what was last published: a
 re-read asks for a *fresh* row, read by a query that started after it asked, since
 it must see the commit whose notification prompted it.
+
+On a streaming standby the same row says so, with the replay lag (seconds and bytes
+between the received and the replayed WAL) and whether WAL still streams in: built-in
+functions every role may call, in the same query, so ``/healthz`` costs no more there.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ APPLICATION_NAME = "pubctl serve health"
 # A query (connecting included) still running after this long is abandoned.
 QUERY_LIMIT_S = 5.0
 
-# revision, feed_id, last_rev: what pub.health() returns.
+# revision, feed_id, last_rev: what pub.health() returns; then replica, replay_lag_s,
+# replay_lag_bytes, streaming (the last three None on a primary).
 HealthRow = tuple[Any, ...]
+HEALTH_COLUMNS = 7
 
 
 class HealthProbe:
@@ -112,9 +118,9 @@ class HealthProbe:
 
     async def _run(self, conn: psycopg.AsyncConnection[tuple[Any, ...]], purpose: str) -> HealthRow:
         self.on_query(purpose)
-        cur = await conn.execute(query("serve_health"))
+        cur = await conn.execute(query("serve_health_replay"))
         row = await cur.fetchone()
-        return tuple(row) if row is not None else (None, None, None)
+        return tuple(row) if row is not None else (None,) * HEALTH_COLUMNS
 
     async def close(self) -> None:
         flight, self._flight = self._flight, None

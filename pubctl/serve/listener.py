@@ -20,6 +20,16 @@ the listener reconnects with backoff and, once listening again, asks for a re-re
 (and reports the reconnection). The first connection asks for a re-read too, so a
 request that arrived before the server was listening is re-checked as well, but it is
 no reconnection: ``on_reconnect`` fires only for a connection that follows a lost one.
+
+A streaming hot standby cannot LISTEN (and the primary's notifications would come
+before the standby has replayed the commit anyway). The listener asks on every
+connection whether the server is in recovery; on a standby it watches replay instead:
+every ``REPLAY_POLL_S`` it reads the replayed WAL position (``pg_last_wal_replay_lsn()``,
+no table touched) on its one connection, and hints the ``Notifier`` only when that
+position moved. The ``Notifier`` then re-reads the head as after a notification, so
+one cheap query per poll serves every waiter of the process, and a long-poll is
+answered within about ``REPLAY_POLL_S`` plus one head read of the change's replay.
+When the standby is promoted (recovery ends), the same connection starts listening.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -46,6 +57,8 @@ REREAD_INTERVAL_S = 0.1
 # per REREAD_MAX_RETRY_S (one cheap attempt; the listener's return is not kept waiting).
 REREAD_RETRY_S = 0.5
 REREAD_MAX_RETRY_S = 2.0
+# On a standby: how often the replayed WAL position is read.
+REPLAY_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,11 @@ class Listener:
         self.connected = False
         self.on_notification = on_notification
         self.on_reconnect = on_reconnect
+        self.replay_poll = REPLAY_POLL_S
+        # What the last connection found: a standby in recovery (its replay is watched
+        # instead of listening), and its replay lag in seconds as last read.
+        self.replica = False
+        self.replay_lag_s: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._backoff = FIRST_BACKOFF_S
         self._down_since: float | None = None
@@ -203,7 +221,10 @@ class Listener:
         async with await db.connect_async(
             self.url, autocommit=True, application_name="pubctl serve listener"
         ) as conn:
-            await conn.execute(query("listen_published"))
+            position = await self._replay_position(conn)
+            self.replica = position is not None
+            if not self.replica:
+                await conn.execute(query("listen_published"))
             self.connected = True
             self._backoff = FIRST_BACKOFF_S
             if self._down_since is not None:
@@ -217,10 +238,44 @@ class Listener:
             if self._was_listening:
                 self.on_reconnect()
             self._was_listening = True
+            if position is not None:
+                log.info(
+                    "the database is a standby in recovery: long-polls wake when its replay "
+                    "moves (read every %gs)",
+                    self.replay_poll,
+                )
+                await self._watch_replay(conn, position)
+                # Promoted: listen from now on, and catch what was published meanwhile.
+                await conn.execute(query("listen_published"))
+                self.replica = False
+                self.replay_lag_s = None
+                log.warning("the standby was promoted: listening for publishes from now on")
+                self.notifier.hint()
             async for _note in conn.notifies():
                 # A hint, whoever sent it: the payload is never read.
                 self.notifier.hint()
                 self.on_notification()
+
+    async def _replay_position(self, conn: psycopg.AsyncConnection[Any]) -> str | None:
+        """The replayed WAL position of a standby in recovery (None: not in recovery)."""
+        cur = await conn.execute(query("replay_position"))
+        row = await cur.fetchone()
+        assert row is not None
+        in_recovery, position, lag = row
+        self.replay_lag_s = None if lag is None else float(lag)
+        return str(position) if in_recovery else None
+
+    async def _watch_replay(self, conn: psycopg.AsyncConnection[Any], position: str) -> None:
+        """On a standby: hint the notifier whenever the replayed position moves, until
+        recovery ends (promotion). One query per poll, whatever the number of waiters."""
+        while True:
+            await asyncio.sleep(self.replay_poll)
+            now = await self._replay_position(conn)
+            if now is None:
+                return
+            if now != position:
+                position = now
+                self.notifier.hint()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,8 @@
 | ``pubctl_serve_database_queries_total{purpose}`` | counter | queries run: feed, head, health |
 | ``pubctl_serve_listener_connected`` | gauge | 1 while the listening connection is up |
 | ``pubctl_serve_listener_reconnects_total`` | counter | listener reconnections after a loss |
+| ``pubctl_serve_replica`` | gauge | 1 while the database is a standby in recovery |
+| ``pubctl_serve_replay_lag_seconds`` | gauge | a standby's replay lag (0 on a primary) |
 | ``pubctl_serve_pool_connections{state}`` | gauge | pool connections: open, idle, in_use, max |
 | ``pubctl_serve_pool_waiting_requests`` | gauge | requests queued for a pool connection |
 
@@ -118,6 +120,18 @@ class Metrics:
         self.listener_reconnects = Counter(
             "pubctl_serve_listener_reconnects",
             "Times the listening connection was established again after a loss (0 at start-up).",
+            registry=r,
+        )
+        self.replica = Gauge(
+            "pubctl_serve_replica",
+            "1 while the database is a streaming standby in recovery (long-polls wake when "
+            "its replay moves, not on notifications).",
+            registry=r,
+        )
+        self.replay_lag = Gauge(
+            "pubctl_serve_replay_lag_seconds",
+            "On a standby, the age of the last replayed commit while received WAL waits to "
+            "be replayed (0 when all of it is replayed, and on a primary).",
             registry=r,
         )
         r.register(_PoolCollector(pool_stats))
