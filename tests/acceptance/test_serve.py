@@ -203,7 +203,19 @@ HUGE = "after=" + "1" * (10 * 2**20)
         ("wait=-1", "wait"),
         ("wait=nan", "wait"),
         ("wait=1&wait=2", "wait"),
+        ("wait=60.0000000001", "wait"),
+        ("wait=6.1e1", "wait"),
+        ("wait=-1e-9", "wait"),
+        ("wait=.5", "wait"),
+        ("wait=5.", "wait"),
+        ("wait=1e", "wait"),
+        ("wait=0x1", "wait"),
+        ("wait=inf", "wait"),
         ("feed_id=not-a-uuid", "feed_id"),
+        ("feed_id={00000000-0000-4000-8000-000000000000}", "feed_id"),
+        ("feed_id=00000000000040008000000000000000", "feed_id"),
+        ("feed_id=urn:uuid:00000000-0000-4000-8000-000000000000", "feed_id"),
+        ("kind=topic&" * 17, "kind"),
         ("kinds=topic", "kinds"),
         (HUGE, "after"),
     ],
@@ -293,6 +305,29 @@ def test_tokens(server: Served) -> None:
             ok = anonymous.get("/published/feed", headers={"Authorization": f"Bearer {token}"})
             assert ok.status_code == 200
         assert anonymous.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "wait",
+    ["1.802744152145689", "0.5", "60", "0", "-0", "1e1", "6E1", "1.5e%2B1", "2.5e-7", "007.5"],
+)
+def test_wait_takes_any_decimal_number_from_0_to_60(client: httpx.Client, wait: str) -> None:
+    answer = client.get(f"/published/feed?after=0&limit=1&wait={wait}")
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["items"]) == 1
+
+
+def test_a_decimal_wait_holds_that_long(client: httpx.Client) -> None:
+    after = head_rev(client)
+    start = time.monotonic()
+    answer = client.get(f"/published/feed?after={after}&wait=3.5e-1")
+    assert answer.status_code == 200 and answer.json()["items"] == []
+    assert 0.3 <= time.monotonic() - start < 5
+
+
+def test_feed_id_in_capitals_is_the_same_feed_id(client: httpx.Client) -> None:
+    current = client.get("/published/feed", params={"limit": 1}).json()["feed_id"]
+    assert client.get("/published/feed", params={"feed_id": current.upper()}).status_code == 200
 
 
 def test_feed_id_mismatch_is_409_with_the_current_one(client: httpx.Client) -> None:
