@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from pubctl import db
 from pubctl.queries import query
-from pubctl.serve import protocol
+from pubctl.serve import openapi, protocol
 from pubctl.serve.auth import TokenCheck
 from pubctl.serve.diagnosis import UNAVAILABLE, diagnose
 from pubctl.serve.health import HealthProbe, HealthRow
@@ -449,6 +449,12 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
             )
         return _json(200, {"status": "ok", **details})
 
+    description = openapi.encoded()
+
+    async def describe(_request: Request) -> Response:
+        # No token needed: the description holds nothing a viewer may not know.
+        return Response(description, media_type=JSON)
+
     async def metrics(request: Request) -> Response:
         refusal = denied(request)
         if refusal is not None:
@@ -482,6 +488,7 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
             Route("/published/feed", _guarded(feed, internal_error), methods=["GET"]),
             Route("/healthz", _guarded(healthz, internal_error), methods=["GET"]),
             Route("/metrics", _guarded(metrics, internal_error), methods=["GET"]),
+            Route("/openapi.json", _guarded(describe, internal_error), methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
