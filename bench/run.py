@@ -19,6 +19,7 @@ import chart
 import feed_kinds
 import orm_peer
 import psycopg
+import replicas
 import revisions
 import serve_bench
 import single_row
@@ -42,6 +43,7 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "serve": serve_bench.run,
     "revisions": revisions.run,
     "upgrade": upgrade_bench.run,
+    "replicas": replicas.run,
 }
 
 
