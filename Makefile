@@ -52,17 +52,20 @@ bench: $(STAMP)
 # runs with random SIGKILLs, a minute of writers with the worker running, many
 # adversarial runs (isolation levels, key changes, publishing switched off and on,
 # backfills), a long ordering campaign through application triggers, and the tripwire
-# campaign with a wider set of planted operators and functions. Reports one line per
-# run; SOAK_RUNS and SOAK_SECONDS scale it.
+# campaign with a wider set of planted operators and functions; then Schemathesis
+# against serve's OpenAPI description, with random examples (SOAK_RUNS * 40 per
+# operation) instead of the fixed few of make test. Reports one line per run;
+# SOAK_RUNS and SOAK_SECONDS scale it.
 SOAK_RUNS    ?= 25
 SOAK_SECONDS ?= 60
 soak: $(STAMP)
 	PUBCTL_CRASH_RUNS=$(SOAK_RUNS) PUBCTL_CRASH_SECONDS=8 PUBCTL_LOAD_SECONDS=$(SOAK_SECONDS) \
 	PUBCTL_ADVERSARIAL_RUNS=$(SOAK_RUNS) PUBCTL_ADVERSARIAL_SECONDS=20 \
 	PUBCTL_ORDERING_TRANSACTIONS=$$(( $(SOAK_RUNS) * 80 )) PUBCTL_TRIPWIRE_WIDE=1 \
+	PUBCTL_OPENAPI_EXAMPLES=$$(( $(SOAK_RUNS) * 40 )) \
 		$(BIN)/pytest -s tests/faults/test_crash_campaign.py tests/faults/test_load.py \
 		tests/faults/test_adversarial.py tests/faults/test_ordering.py \
-		tests/security/test_tripwire.py
+		tests/security/test_tripwire.py tests/acceptance/test_openapi.py
 
 demo: $(STAMP)
 	$(BIN)/pubctl demo

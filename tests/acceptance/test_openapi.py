@@ -5,8 +5,9 @@ Every answer must match the description (status, headers, body), no answer is a 
 requests the description refuses get a 4xx and those it allows are accepted, the 401
 paths are tried without and with a wrong token, and other methods get 405 with
 `Allow`. Generated `wait` values are scaled down (a valid one stays valid) so that a
-long-poll holds for milliseconds. PUBCTL_OPENAPI_EXAMPLES sets the examples per
-operation (`make soak` runs many more).
+long-poll holds for milliseconds. The examples are the same on every run unless
+PUBCTL_OPENAPI_EXAMPLES sets how many per operation: then they are random (`make soak`
+runs a thousand).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import psycopg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
 
 from pubctl.serve import openapi
 
@@ -32,6 +34,7 @@ from support.serve import Served, reader_url
 TOKEN = "openapi-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXAMPLES = int(os.environ.get("PUBCTL_OPENAPI_EXAMPLES", "30"))
+FIXED_EXAMPLES = "PUBCTL_OPENAPI_EXAMPLES" not in os.environ
 # A generated wait of W seconds holds for W / WAIT_SCALE (at most 0.06 s).
 WAIT_SCALE = 1000
 NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?")
@@ -94,13 +97,45 @@ def _short_wait(case: schemathesis.Case) -> None:
     max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=list(HealthCheck),
-    derandomize=True,
+    derandomize=FIXED_EXAMPLES,
 )
 def test_the_server_answers_as_its_description_says(
     case: schemathesis.Case, served: Served
 ) -> None:
     _short_wait(case)
     case.call_and_validate(base_url=served.base, timeout=10)
+
+
+def test_503_answers_match_the_description(pub_db: Database) -> None:
+    """The answers a healthy database never gives: a reader that lost its rights, a
+    database at another revision."""
+    with pub_db.connect() as conn:
+        conn.execute(DATA.encode())
+    with Served(reader_url(pub_db), env={"PUBCTL_FEED_TOKENS": TOKEN}) as server:
+        with pub_db.connect() as conn:
+            conn.execute(
+                "REVOKE EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]), pub.health()"
+                " FROM feed_reader"
+            )
+        feed, health = schema["/published/feed"], schema["/healthz"]["GET"]
+        # Every check but "no 5xx": these 503s are the point.
+        but_5xx = {
+            "base_url": server.base,
+            "timeout": 10,
+            "excluded_checks": [not_a_server_error],
+        }
+        for method in ("GET", "HEAD"):
+            case = feed[method].Case(query={"after": 1, "limit": 3}, headers=AUTH)
+            answer = case.call_and_validate(**but_5xx)
+            assert answer.status_code == 503 and answer.headers["retry-after"]
+        answer = health.Case().call_and_validate(**but_5xx)
+        assert answer.status_code == 503 and answer.json()["status"] == "missing_privilege"
+        with pub_db.connect() as conn:
+            conn.execute("GRANT EXECUTE ON FUNCTION pub.health() TO feed_reader")
+            conn.execute("UPDATE pub.alembic_version SET version_num = '9999'")
+        answer = health.Case().call_and_validate(**but_5xx)
+        assert answer.status_code == 503 and answer.json()["status"] == "wrong_revision"
+        assert "Traceback" not in server.log
 
 
 def test_the_docs_copy_is_what_the_server_serves(served: Served) -> None:
