@@ -8,6 +8,16 @@ past. Long-polls with the same question share their reads: the first read of tho
 that arrive together (a crowd reconnecting) and the re-read of those woken together
 are one query and one encoded body. ``/healthz`` and the head re-reads use a
 connection of their own (``health.py``), never the pool.
+
+A request without ``wait`` is answered from the page cache (``cache.py``) while the
+head it was read at still stands: a hot page and its 304 cost no query. Misses of the
+same question at the same head share one read, as long-polls do.
+
+Caching by others: every answer carries ``Cache-Control``. A 200 without ``wait`` says
+``public, max-age=S`` with ``--cache-max-age S`` (a CDN or proxy may serve it to other
+viewers for S seconds; a stale page is harmless, see ``docs/viewer.md``), else
+``no-cache`` (any cache must ask again; no shared cache stores it for a request with a
+token). Long-polls, 304s, errors, ``/healthz`` and ``/metrics`` say ``no-store``.
 """
 
 from __future__ import annotations
@@ -28,11 +38,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pubctl import db
 from pubctl.queries import query
 from pubctl.serve import openapi, protocol
 from pubctl.serve.auth import TokenCheck
+from pubctl.serve.cache import PageCache
 from pubctl.serve.diagnosis import UNAVAILABLE, diagnose
 from pubctl.serve.health import HealthProbe, HealthRow
 from pubctl.serve.listener import Head, Listener, Notifier
@@ -60,6 +72,7 @@ POOL_RECONNECT_TIMEOUT_S = 10.0
 RETRY_AFTER_UNREACHABLE_S = 5
 RETRY_AFTER_BUSY_S = 1
 JSON = "application/json"
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,8 @@ class ServeConfig:
     pool_size: int = DEFAULT_POOL_SIZE
     pool_timeout: float = DEFAULT_POOL_TIMEOUT_S
     head_revision: str = ""
+    # Seconds a CDN or proxy may serve a 200 without ``wait`` to any viewer (0: none).
+    cache_max_age: int = 0
 
 
 class Unavailable(Exception):
@@ -133,6 +148,15 @@ class FeedServer:
         self._empty_generation = 0
         self.bodies = BodyCache()
         self.waiting = 0
+        # Pages without wait, by question, valid for one (head generation, epoch): see
+        # _cached_page. The epoch moves when a read finds the database ahead of the
+        # head this server knows, or the listener comes back after a loss.
+        self.pages = PageCache()
+        self._epoch = 0
+        self._page_flights: dict[tuple[Any, ...], asyncio.Task[Page]] = {}
+        self._cache = {r: self.metrics.page_cache.labels(r) for r in ("hit", "miss", "bypass")}
+        self.metrics.page_cache_bytes.set_function(lambda: float(self.pages.bytes))
+        self.metrics.page_cache_entries.set_function(lambda: float(len(self.pages)))
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -142,7 +166,7 @@ class FeedServer:
             self.config.url,
             self.notifier,
             on_notification=self.metrics.notifications.inc,
-            on_reconnect=self.metrics.listener_reconnects.inc,
+            on_reconnect=self._listener_reconnected,
         )
         self.metrics.listener_connected.set_function(
             lambda: 1.0 if self.listener and self.listener.connected else 0.0
@@ -155,6 +179,11 @@ class FeedServer:
         )
         await self.pool.open(wait=False)
         self.listener.start()
+
+    def _listener_reconnected(self) -> None:
+        # Publishes may have gone unheard while it was away: no kept page is trusted.
+        self._epoch += 1
+        self.metrics.listener_reconnects.inc()
 
     def begin_shutdown(self) -> None:
         """Answer every held long-poll now (SIGTERM); new ones are not held."""
@@ -220,8 +249,70 @@ class FeedServer:
             ) from None
         feed_id = str(rows[0][0])
         items: list[Row] = [row[1:] for row in rows if row[1] is not None]
+        self._check_ahead(feed_id, items[-1][0] if items else None)
         has_more = len(items) > params.limit
-        return Page(feed_id, params.after, items[: params.limit], has_more)
+        return Page(feed_id, params.after, items[: params.limit], has_more, params.kinds or ())
+
+    def _check_ahead(self, feed_id: str, newest: int | None) -> None:
+        """A read found revs up to ``newest`` in feed ``feed_id``: if that is beyond the
+        head this server knows (a notification not heard yet, or not sent), the server
+        has just answered from a newer state than its kept pages; they go (the epoch
+        moves), and the head is read again."""
+        notifier = self.notifier
+        head = notifier.head if notifier is not None else None
+        if head is None or notifier is None:
+            return
+        if head.feed_id != feed_id or (newest is not None and newest > head.last_rev):
+            self._epoch += 1
+            notifier.hint()
+
+    def _cache_usable(self) -> bool:
+        """Pages are kept only while the server hears of every move of the head: its
+        listener (or a standby's replay watch) is up and the head was read."""
+        notifier, listener = self.notifier, self.listener
+        return (
+            notifier is not None
+            and not notifier.closing
+            and notifier.head is not None
+            and listener is not None
+            and listener.connected
+        )
+
+    async def _cached_page(self, params: FeedParams) -> Page:
+        """A page without ``wait``: from the cache while the head it was read at still
+        stands, else read (requests of the same question at the same head share one
+        read) and kept if the head did not move while it was read."""
+        notifier = self.notifier
+        assert notifier is not None
+        if not self._cache_usable():
+            self._cache["bypass"].inc()
+            return await self._query_page(params)
+        key = (params.after, params.limit, params.kinds)
+        token = (notifier.generation, self._epoch)
+        page = self.pages.get(key, token)
+        if page is not None:
+            self._cache["hit"].inc()
+            return page
+        self._cache["miss"].inc()
+        flight_key = (*key, *token)
+        flight = self._page_flights.get(flight_key)
+        if flight is None:
+            flight = asyncio.get_running_loop().create_task(
+                self._query_page(params), name="pubctl-feed-read"
+            )
+            self._page_flights[flight_key] = flight
+            flight.add_done_callback(lambda done: self._keep(flight_key, done))
+        await asyncio.wait((flight,))
+        return flight.result()
+
+    def _keep(self, flight_key: tuple[Any, ...], flight: asyncio.Task[Page]) -> None:
+        if self._page_flights.get(flight_key) is flight:
+            del self._page_flights[flight_key]
+        if flight.cancelled() or flight.exception() is not None or self.notifier is None:
+            return  # the error is each waiter's to report
+        if self._cache_usable():
+            now = (self.notifier.generation, self._epoch)
+            self.pages.put(flight_key[:3], flight_key[3:], now, flight.result())
 
     async def _long_poll_page(self, params: FeedParams) -> tuple[Page, Head | None, int]:
         """A long-poll's read of the feed, with the head and generation the notifier had
@@ -274,7 +365,7 @@ class FeedServer:
         notifier = self.notifier
         assert notifier is not None
         if params.wait <= 0 or notifier.closing:
-            page = await self._query_page(params)
+            page = await self._cached_page(params)
             self._check_identity(params, page)
             return page
         page, seen, generation = await self._long_poll_page(params)
@@ -407,10 +498,16 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
                 {"error": exc.told or "the database is unavailable; retry later"},
                 {"Retry-After": str(exc.retry_after)},
             )
-        headers = {"ETag": page.etag, "Cache-Control": "no-cache"}
         server.metrics.served(page.feed_id, page.last_rev)
         if _if_none_match(request.headers.get("if-none-match"), page.etag):
-            return Response(status_code=304, headers=headers)
+            return Response(status_code=304, headers={"ETag": page.etag, **NO_STORE})
+        if params.wait > 0:
+            cache_control = "no-store"  # a held answer is never one to replay
+        elif config.cache_max_age > 0:
+            cache_control = f"public, max-age={config.cache_max_age}"
+        else:
+            cache_control = "no-cache"
+        headers = {"ETag": page.etag, "Cache-Control": cache_control}
         return Response(server.bodies.body(page), media_type=JSON, headers=headers)
 
     async def healthz(_request: Request) -> Response:
@@ -496,7 +593,24 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
     # Never redirect: Starlette would answer a trailing-slash path with a 307 whose
     # Location is built from the client's Host header. 404, like any unknown path.
     app.router.redirect_slashes = False
-    return server.metrics.middleware(app), server
+    return server.metrics.middleware(_no_store_unless_said(app)), server
+
+
+def _no_store_unless_said(app: ASGIApp) -> ASGIApp:
+    """Every answer that does not say how it may be cached says ``no-store``: errors
+    (404 and 405 included), ``/healthz``, ``/metrics``."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        async def say(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or []
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    message["headers"] = [*headers, (b"cache-control", b"no-store")]
+            await send(message)
+
+        await app(scope, receive, say if scope["type"] == "http" else send)
+
+    return wrapped
 
 
 def _guarded(

@@ -174,6 +174,16 @@ def run(config: ServeConfig, sock: socket.socket) -> str:
     callback=_seconds,
     help="Seconds a request waits for a free connection before 503.",
 )
+@click.option(
+    "--cache-max-age",
+    type=click.IntRange(0, 31_536_000),
+    default=0,
+    show_default=True,
+    metavar="S",
+    help="Seconds a CDN or proxy may serve a page (asked without wait) to any viewer: "
+    "Cache-Control: public, max-age=S. A shared cache does not check tokens: use it only "
+    "behind one that authenticates viewers itself. 0: no answer is public.",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -183,6 +193,7 @@ def serve_cmd(
     insecure_no_auth: bool,
     pool_size: int,
     pool_timeout: float,
+    cache_max_age: int,
 ) -> None:
     """Serve the feed to viewers over HTTP (GET /published/feed, /healthz, /metrics)."""
     from pubctl.serve import auth
@@ -219,8 +230,15 @@ def serve_cmd(
         pool_size=pool_size,
         pool_timeout=pool_timeout,
         head_revision=head,
+        cache_max_age=cache_max_age,
     )
     if not tokens:
         log.warning("no token configured: the feed and the metrics are open to every client")
+    elif cache_max_age > 0:
+        log.warning(
+            "--cache-max-age %d: pages say Cache-Control: public, so a shared cache in front "
+            "serves them to viewers without their tokens being checked here",
+            cache_max_age,
+        )
     reason = run(config, sock)
     log.info("stopped (%s)", reason)

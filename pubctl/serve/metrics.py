@@ -9,6 +9,9 @@
 | ``pubctl_serve_last_rev`` | gauge | the current feed's last rev, as the server last read it |
 | ``pubctl_serve_notifications_total`` | counter | publish notifications received (hints) |
 | ``pubctl_serve_database_queries_total{purpose}`` | counter | queries run: feed, head, health |
+| ``pubctl_serve_page_cache_lookups_total{result}`` | counter | no-wait pages: hit, miss, bypass |
+| ``pubctl_serve_page_cache_bytes`` | gauge | bytes of body the page cache holds |
+| ``pubctl_serve_page_cache_entries`` | gauge | pages the page cache holds |
 | ``pubctl_serve_listener_connected`` | gauge | 1 while the listening connection is up |
 | ``pubctl_serve_listener_reconnects_total`` | counter | listener reconnections after a loss |
 | ``pubctl_serve_replica`` | gauge | 1 while the database is a standby in recovery |
@@ -38,6 +41,7 @@ from starlette.types import Message, Receive, Scope, Send
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUTES = ("/published/feed", "/healthz", "/metrics")
 QUERY_PURPOSES = ("feed", "head", "health")
+CACHE_RESULTS = ("hit", "miss", "bypass")
 # Replaced feeds remembered, so that a late read of one is never taken for a new feed.
 RETIRED_FEEDS = 16
 # Long-polls hold up to 60 s, so the buckets reach past it.
@@ -112,6 +116,22 @@ class Metrics:
         )
         for purpose in QUERY_PURPOSES:
             self.queries.labels(purpose)
+        self.page_cache = Counter(
+            "pubctl_serve_page_cache_lookups",
+            "Feed pages asked for without wait, by result: hit (answered from memory, no "
+            "query), miss (read from the database, then kept), bypass (the cache was not "
+            "usable: the server was not sure to hear of every publish).",
+            ["result"],
+            registry=r,
+        )
+        for result in CACHE_RESULTS:
+            self.page_cache.labels(result)
+        self.page_cache_bytes = Gauge(
+            "pubctl_serve_page_cache_bytes", "Bytes of body the page cache holds.", registry=r
+        )
+        self.page_cache_entries = Gauge(
+            "pubctl_serve_page_cache_entries", "Pages the page cache holds.", registry=r
+        )
         self.listener_connected = Gauge(
             "pubctl_serve_listener_connected",
             "1 while the connection listening for publishes is up.",

@@ -1,60 +1,98 @@
 """One page of the feed as the HTTP answer writes it, and its ETag.
 
-The body is written by hand, not by a JSON library, so that each item's ``payload``
-appears as its RFC 8785 canonical bytes: a viewer can hash the exact bytes between
-``"payload":`` and ``,"payload_hash"`` and compare with ``payload_hash`` without any
-JSON library of its own. Payloads come from the database as jsonb text (jsonb orders
-keys by length and adds spaces, which is not canonical); they are parsed with
-``json.loads`` (our payloads hold only integers, so numbers stay exact) and written
-with ``pubctl.projection.canonical_json``.
+The body
+--------
 
-The ETag is a hash of the rows as the database returned them, plus everything else the
-body holds, so a conditional GET that matches is answered without encoding anything:
-the body is a pure function of those rows and the request.
+The body is written by hand, not by a JSON library, so that each item's ``payload``
+appears as the exact bytes its ``payload_hash`` was computed from: a viewer can hash
+the bytes between ``"payload":`` and ``,"payload_hash"`` and compare with
+``payload_hash`` without any JSON library of its own. The database stores each payload
+as ``json`` holding the RFC 8785 canonical text the capture trigger built (revision
+0104), and the feed query selects it as text, so the server writes those characters
+as they come (UTF-8), never parsing or re-encoding them. The other string fields are
+a kind name, a uuid, a hex hash and the feed id: written between quotes as they are
+when they hold nothing JSON would escape, through ``json.dumps`` otherwise.
+
+The ETag, without hashing the rows
+----------------------------------
+
+A page is the items of the asked kinds with a rev in ``(after, L]``, where ``L`` is the
+rev of its last item, plus ``has_more``, ``next_after`` and the feed id. Since revision
+0104 every change a reader can see gives the item a new rev larger than every rev
+published so far (an item that changes leaves its old rev for the new one), so within
+one feed id:
+
+- no rev ever *appears* in ``(after, L]`` after a page holding ``L`` was read: a new
+  rev is larger than the last rev published, which is at least ``L``; and a rev only
+  becomes visible after every smaller one is visible;
+- a rev that is still present means the same item with the same content: it was never
+  rewritten in place;
+- so over time the set of items in ``(after, L]`` can only lose members (items that
+  moved to a larger rev, tombstones pruned), never gain or change one.
+
+Two reads of the same question (``after``, ``kinds``) in the same feed that hold the
+same number of items and end at the same ``L`` therefore hold the same set of items,
+each with the same content: the items are byte-equal. ``next_after`` is ``L`` (or
+``after`` when empty) and the rest of the body is ``has_more`` and the feed id. The
+tag is thus a hash of (body format, feed id, after, kinds, item count, ``L``,
+``has_more``): a few integers, whatever the page's size. ``limit`` is not part of it:
+it changes the body only through the count and ``has_more``. Equal tags mean
+byte-equal bodies, which is what a strong ETag promises, what the server's body cache
+relies on, and what a CDN or a viewer's ``If-None-Match`` may rely on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pubctl.projection import canonical_json
-
 # Part of every ETag: a change in how bodies are written changes every tag.
-BODY_FORMAT = b"pubctl-feed-1"
+BODY_FORMAT = "pubctl-feed-2"
 
-# rev, kind, pub_id, source_id, payload (jsonb text), payload_hash, schema_version, deleted
+# rev, kind, pub_id, source_id, payload (its stored canonical text), payload_hash,
+# schema_version, deleted
 Row = tuple[int, str, str, int, str, str, int, bool]
 
+# A string JSON writes between quotes as it is: no quote, backslash, control character
+# or non-ASCII (json.dumps would escape the latter).
+_PLAIN = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*')
 
-def _string(value: str) -> bytes:
-    return json.dumps(value).encode("ascii")
+
+def _string(value: str) -> str:
+    if _PLAIN.fullmatch(value):
+        return f'"{value}"'
+    return json.dumps(value)
+
+
+def _item(row: Row) -> str:
+    rev, kind, pub_id, source_id, payload_text, payload_hash, schema_version, deleted = row
+    return (
+        f'{{"rev":{rev:d},"kind":{_string(kind)},"pub_id":{_string(pub_id)},'
+        f'"source_id":{source_id:d},"payload":{payload_text},'
+        f'"payload_hash":{_string(payload_hash)},"schema_version":{schema_version:d},'
+        f'"deleted":{"true" if deleted else "false"}}}'
+    )
 
 
 def encode_item(row: Row) -> bytes:
-    """One item: the fields of ``pub.feed`` in its column order, payload canonical."""
-    rev, kind, pub_id, source_id, payload_text, payload_hash, schema_version, deleted = row
-    return b"".join(
-        (
-            b'{"rev":%d,"kind":%s,"pub_id":%s,"source_id":%d,"payload":'
-            % (rev, _string(kind), _string(pub_id), source_id),
-            canonical_json(json.loads(payload_text)),
-            b',"payload_hash":%s,"schema_version":%d,"deleted":%s}'
-            % (_string(payload_hash), schema_version, b"true" if deleted else b"false"),
-        )
-    )
+    """One item: the fields of ``pub.feed`` in its column order, the payload's stored
+    bytes as they are."""
+    return _item(row).encode()
 
 
 @dataclass
 class Page:
-    """The answer to one feed request: up to ``limit`` rows after ``after``."""
+    """The answer to one feed request: up to ``limit`` rows after ``after`` of the kinds
+    asked for (``kinds`` as the parameters normalise them; empty: all)."""
 
     feed_id: str
     after: int
     rows: Sequence[Row]
     has_more: bool
+    kinds: tuple[str, ...] = ()
     _etag: str | None = field(default=None, repr=False)
     _body: bytes | None = field(default=None, repr=False)
 
@@ -64,15 +102,19 @@ class Page:
 
     @property
     def etag(self) -> str:
-        """A strong ETag: equal tags mean byte-equal bodies."""
+        """A strong ETag: equal tags mean byte-equal bodies (see the module's docstring
+        for why the rows themselves need not be hashed)."""
         if self._etag is None:
-            digest = hashlib.blake2b(digest_size=16)
-            digest.update(b"%s\x1f%s\x1f%d\x1f%d\x1e" % (
-                BODY_FORMAT, self.feed_id.encode(), self.after, self.has_more,
-            ))  # fmt: skip
-            for row in self.rows:
-                digest.update("\x1f".join(map(str, row)).encode("utf-8", "surrogatepass"))
-                digest.update(b"\x1e")
+            words = (
+                BODY_FORMAT,
+                self.feed_id,
+                str(self.after),
+                ",".join(self.kinds),
+                str(len(self.rows)),
+                str(self.next_after),
+                "1" if self.has_more else "0",
+            )
+            digest = hashlib.blake2b("\x1f".join(words).encode(), digest_size=16)
             self._etag = f'"{digest.hexdigest()}"'
         return self._etag
 
@@ -80,18 +122,15 @@ class Page:
     def body(self) -> bytes:
         """``{"items": [...], "next_after": REV, "has_more": bool, "feed_id": F}``."""
         if self._body is None:
-            self._body = b"".join(
+            self._body = "".join(
                 (
-                    b'{"items":[',
-                    b",".join(map(encode_item, self.rows)),
-                    b'],"next_after":%d,"has_more":%s,"feed_id":%s}'
-                    % (
-                        self.next_after,
-                        b"true" if self.has_more else b"false",
-                        _string(self.feed_id),
-                    ),
+                    '{"items":[',
+                    ",".join(map(_item, self.rows)),
+                    f'],"next_after":{self.next_after:d},'
+                    f'"has_more":{"true" if self.has_more else "false"},'
+                    f'"feed_id":{_string(self.feed_id)}}}',
                 )
-            )
+            ).encode()
         return self._body
 
     @property

@@ -1,5 +1,5 @@
 """The parts of `pubctl serve` that need no server: parameters, tokens, the loopback
-rule, page bodies and ETags, and the notifier long-polls wait on."""
+rule, page bodies and ETags, the notifier long-polls wait on, and the page cache."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import rfc8785
 
+from pubctl.serve.app import FeedServer, ServeConfig
 from pubctl.serve.auth import TokenCheck, TokenError, is_loopback, load_tokens
+from pubctl.serve.cache import PageCache
 from pubctl.serve.listener import Head, Notifier
 from pubctl.serve.page import Page
 from pubctl.serve.params import BadParameter, FeedParams, parse_feed_query
@@ -52,16 +55,19 @@ def test_loopback(host: str, loopback: bool) -> None:
 
 
 def test_page_body_and_etag() -> None:
-    payload = '{"name": "Anatomy ✓ \\"x\\" \\\\", "topic_id": 1, "exam_round_size": null}'
+    """Payloads are written as stored (the canonical text the trigger built), byte for
+    byte; the ETag is a function of the page's shape, not of its rows' bytes."""
+    canonical = rfc8785.dumps({"name": 'Anatomy ✓ "x" \\ \u2028', "topic_id": 1, "n": None})
+    payload = canonical.decode()
     rows = [
         (7, "topic", "u-1", 1, payload, "h", 1, False),
-        (9, "topic", "u-2", 2, "{}", "t", 1, True),
+        (9, "topic", 'u"2', 2, "{}", "t", 1, True),
     ]
     page = Page("f", 3, rows, True)
     body = json.loads(page.body)
     assert body["next_after"] == 9 and body["has_more"] is True and body["feed_id"] == "f"
     assert body["items"][0]["payload"] == json.loads(payload)
-    canonical = rfc8785.dumps(json.loads(payload))
+    assert body["items"][1]["pub_id"] == 'u"2', "a string JSON must escape is escaped"
     assert b'"payload":' + canonical + b',"payload_hash"' in page.body
     assert (
         hashlib.sha256(canonical).hexdigest()
@@ -69,9 +75,13 @@ def test_page_body_and_etag() -> None:
             page.body.split(b'"payload":', 1)[1].split(b',"payload_hash"', 1)[0]
         ).hexdigest()
     )
+    spaced = '{"a": 1,  "b": [1, 2]}'
+    assert b'"payload":' + spaced.encode() + b"," in Page("f", 0, [(1, "topic", "u", 1, spaced,
+        "h", 1, False)], False).body, "never parsed nor re-encoded"  # fmt: skip
     assert page.etag == Page("f", 3, list(rows), True).etag
     for other in (Page("g", 3, rows, True), Page("f", 3, rows, False), Page("f", 4, rows, True),
-                  Page("f", 3, [rows[0], (*rows[1][:6], 2, True)], True)):  # fmt: skip
+                  Page("f", 3, rows[:1], True), Page("f", 3, rows, True, ("topic",)),
+                  Page("f", 3, [rows[0], (10, *rows[1][1:])], True)):  # fmt: skip
         assert other.etag != page.etag
     empty = Page("f", 3, [], False)
     assert json.loads(empty.body) == {
@@ -80,6 +90,7 @@ def test_page_body_and_etag() -> None:
         "has_more": False,
         "feed_id": "f",
     }
+    assert empty.etag != Page("f", 3, [], True).etag != Page("f", 4, [], False).etag
 
 
 def test_notifier_never_loses_a_wake_up() -> None:
@@ -162,6 +173,108 @@ def test_a_failed_reread_is_tried_again() -> None:
         notifier.hint()
         assert await notifier.wait_past(0, 2)
         assert notifier.head == Head("f", 1)
+        await notifier.stop()
+
+    asyncio.run(scenario())
+
+
+def _page(after: int, size: int, kinds: tuple[str, ...] = ()) -> Page:
+    rows = [(rev, "topic", f"u{rev}", rev, "{}", "h", 1, False) for rev in range(after + 1, after + 1 + size)]  # fmt: skip
+    return Page("f", after, rows, False, kinds)
+
+
+def test_page_cache_is_bounded_and_valid_for_one_token() -> None:
+    one = len(_page(100, 10).body)
+    cache = PageCache(max_bytes=3 * one, max_entries=5)
+    for after in range(4):
+        assert cache.put(after, "t", "t", _page(100 + after * 10, 10))
+    assert len(cache) == 3 and cache.bytes == 3 * one, "bounded by bytes"
+    assert cache.get(0, "t") is None and cache.get(1, "t") is not None
+    cache.put(9, "t", "t", _page(900, 10))
+    assert cache.get(2, "t") is None and cache.get(1, "t") is not None, "least recently used out"
+    small = PageCache(max_bytes=10 * one, max_entries=2)
+    for after in range(3):
+        small.put(after, "t", "t", _page(after, 1))
+    assert len(small) == 2 and small.get(0, "t") is None, "bounded by entries"
+    assert not small.put(7, "old", "t", _page(7, 1)), "a read started under another token"
+    assert small.get(1, "u") is None and len(small) == 0 and small.bytes == 0, "the token moved"
+    assert not small.put(1, "u", "u", _page(0, 10_000)), "larger than the whole cache"
+
+
+def test_the_page_cache_follows_the_head() -> None:
+    """Without the database: reads are faked, the head is moved by hand."""
+
+    async def scenario() -> None:
+        server = FeedServer(ServeConfig(url="postgresql://x@127.0.0.1:1/x"))
+        database = {"last": 3}
+        heads: list[Head] = []
+
+        async def read_head() -> Head:
+            heads.append(Head("f", database["last"]))
+            return heads[-1]
+
+        notifier = Notifier(read_head, interval=0.01)
+        server.notifier = notifier
+        listener = SimpleNamespace(connected=True)
+        server.listener = listener  # type: ignore[assignment]
+        gate = asyncio.Event()
+        gate.set()
+        reads: list[FeedParams] = []
+
+        async def query_page(params: FeedParams) -> Page:
+            reads.append(params)
+            await gate.wait()
+            newest = database["last"]
+            server._check_ahead("f", newest if newest > params.after else None)
+            size = min(max(newest - params.after, 0), params.limit)
+            page = _page(params.after, size, params.kinds or ())
+            page.has_more = newest - params.after > params.limit
+            return page
+
+        server._query_page = query_page  # type: ignore[method-assign]
+        notifier.observe(Head("f", 3))
+        ask = FeedParams(after=1, limit=10)
+        # Misses of one question at one head share one read; then it is kept.
+        first = await asyncio.gather(*(server.read_feed(ask) for _ in range(5)))
+        assert len(reads) == 1 and all(p is first[0] for p in first)
+        assert await server.read_feed(ask) is first[0] and len(reads) == 1
+        assert [r[0] for r in first[0].rows] == [2, 3]
+        # The head moves while a read runs: that read is answered, never kept.
+        gate.clear()
+        moving = asyncio.create_task(server.read_feed(FeedParams(after=0)))
+        await asyncio.sleep(0.01)
+        database["last"] = 4
+        notifier.observe(Head("f", 4))
+        gate.set()
+        assert [r[0] for r in (await moving).rows] == [1, 2, 3, 4]
+        assert len(server.pages) == 0
+        assert [r[0] for r in (await server.read_feed(ask)).rows] == [2, 3, 4]
+        assert len(reads) == 3
+        # The database is ahead of the head the server knows (a notification not heard
+        # yet): the answer is not kept, nor anything kept before it, and the head is
+        # read again at once.
+        await server.read_feed(FeedParams(after=0, limit=1))
+        assert len(server.pages) == 2
+        database["last"] = 6
+        ahead = await server.read_feed(FeedParams(after=4))
+        assert [r[0] for r in ahead.rows] == [5, 6] and len(server.pages) == 0
+        assert await notifier.wait_past(notifier.generation - 1, 1)
+        for _ in range(100):
+            if notifier.head == Head("f", 6):
+                break
+            await asyncio.sleep(0.01)
+        assert notifier.head == Head("f", 6)
+        before = len(reads)
+        assert [r[0] for r in (await server.read_feed(ask)).rows] == [2, 3, 4, 5, 6]
+        await server.read_feed(ask)
+        assert len(reads) == before + 1
+        # A listener that is away: nothing is kept or answered from memory.
+        listener.connected = False
+        await server.read_feed(ask)
+        await server.read_feed(ask)
+        assert len(reads) == before + 3
+        counted = server.metrics.render().decode()
+        assert 'pubctl_serve_page_cache_lookups_total{result="bypass"} 2.0' in counted
         await notifier.stop()
 
     asyncio.run(scenario())
