@@ -116,6 +116,12 @@ def test_healthz_reports_the_replica_and_its_lag(
     assert isinstance(body["replay_lag_s"], float) and 0 <= body["replay_lag_s"] < 5
     assert isinstance(body["replay_lag_bytes"], int) and body["replay_lag_bytes"] >= 0
     assert body["last_rev"] == _last_rev(primary_db)
+    # A cursor further ahead than the standby's last rev (one from a server ahead of it)
+    # gets an empty page that keeps the cursor, never an older one.
+    ahead = body["last_rev"] + 1000
+    page = httpx.get(served.url("/published/feed"), params={"after": ahead}, timeout=5).json()
+    assert page["items"] == [] and page["next_after"] == ahead and page["has_more"] is False
+    assert page["feed_id"] == body["feed_id"]
     assert _metric(served, "pubctl_serve_replica") == 1.0
     assert _metric(served, "pubctl_serve_replay_lag_seconds") >= 0
     assert "standby in recovery" in served.log
