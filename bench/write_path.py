@@ -40,7 +40,7 @@ SELECT kind, source_id, payload, payload_hash, schema_version, deleted FROM (
            1, false
     FROM bench_staged
 ) s(kind, source_id, c, schema_version, deleted)
-CROSS JOIN LATERAL (SELECT c::json AS payload, pub.payload_hash(c) AS payload_hash) h
+CROSS JOIN LATERAL (SELECT c AS payload, pub.payload_hash(c::text) AS payload_hash) h
 WHERE c IS NOT NULL;
 """
 

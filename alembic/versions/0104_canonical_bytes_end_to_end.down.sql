@@ -1,5 +1,6 @@
 -- Revision 0104, down: payloads back to jsonb (the text form jsonb prints; the hashes
--- stay those of the canonical text), schema_version changes written in place again.
+-- stay those of the canonical text), the projection back to text built by
+-- concatenation, schema_version changes written in place again.
 -- Locks and rewrites pub.content and pub.outbox, as the upgrade does.
 
 SET LOCAL search_path = pg_catalog, pg_temp;
@@ -25,13 +26,380 @@ DROP FUNCTION pub.feed(bigint, integer, text[]);
 ALTER TABLE pub.content ALTER COLUMN payload TYPE jsonb USING payload::jsonb;
 ALTER TABLE pub.outbox ALTER COLUMN payload TYPE jsonb USING payload::jsonb;
 
-DROP FUNCTION pub.outbox_payload(text);
+DROP FUNCTION pub.outbox_payload(json);
+DROP FUNCTION pub.outbox_payload_hash(json);
 
 CREATE FUNCTION pub.outbox_payload(canonical text) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT COALESCE(canonical, '{}')::jsonb;
 END;
+
+CREATE FUNCTION pub.outbox_payload_hash(canonical text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pub.payload_hash(COALESCE(canonical, '{}'));
+END;
+
+DROP FUNCTION pub.topic_canonical(bigint, text, integer, timestamptz);
+DROP FUNCTION pub.question_canonical(bigint, bigint, text, integer, integer, text, jsonb, integer,
+                                     timestamptz);
+DROP FUNCTION pub.explanation_canonical(bigint, text, text, timestamptz);
+
+CREATE FUNCTION pub.json_string(value text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT COALESCE(pg_catalog.to_json(value)::text, 'null');
+END;
+
+CREATE FUNCTION pub.json_integer(value bigint) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT COALESCE(value::text, 'null');
+END;
+
+CREATE FUNCTION pub.json_string_array(value jsonb) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        -- strict: a lax JSON path would unwrap nested arrays and let [["a"]] through.
+        WHEN pg_catalog.jsonb_typeof(value) = 'array'
+             AND NOT pg_catalog.jsonb_path_exists(value, 'strict $[*] ? (@.type() != "string")')
+        -- jsonb_populate_record turns the array into text[] without a subquery per
+        -- row; to_json(text[]) prints it compact, each element escaped like to_json(text).
+        THEN pg_catalog.to_json(
+                 (pg_catalog.jsonb_populate_record(
+                      NULL::pub.string_list,
+                      pg_catalog.jsonb_build_object('items', value))).items)::text
+    END;
+END;
+
+CREATE FUNCTION pub.topic_canonical(
+    topic_id bigint, name text, exam_round_size integer, deleted_at timestamptz
+) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN NOT pub.topic_is_live(deleted_at) THEN NULL
+        WHEN NOT pub.is_json_safe_integer(topic_id)
+            THEN pub.payload_rule_violation('topic', topic_id, 'id must be within +-(2^53-1)')
+        ELSE '{"exam_round_size":' || pub.json_integer(exam_round_size)
+            || ',"name":' || pub.json_string(name)
+            || ',"topic_id":' || pub.json_integer(topic_id)
+            || '}'
+    END;
+END;
+
+CREATE FUNCTION pub.question_canonical(
+    question_id bigint, topic_id bigint, exam_name text, exam_round integer,
+    number integer, body text, choices jsonb, answer integer, deleted_at timestamptz
+) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN NOT pub.question_is_live(deleted_at) THEN NULL
+        WHEN NOT (pub.is_json_safe_integer(question_id) AND pub.is_json_safe_integer(topic_id))
+            THEN pub.payload_rule_violation('question', question_id,
+                                            'id and topic_id must be within +-(2^53-1)')
+        ELSE '{"answer":' || pub.json_integer(answer)
+            || ',"body":' || pub.json_string(body)
+            -- Checked and printed in one evaluation: the rule error only when NULL.
+            || ',"choices":' || COALESCE(
+                   pub.json_string_array(choices),
+                   pub.payload_rule_violation('question', question_id,
+                                              'choices must be a JSON array of strings'))
+            || ',"exam_name":' || pub.json_string(exam_name)
+            || ',"exam_round":' || pub.json_integer(exam_round)
+            || ',"number":' || pub.json_integer(number)
+            || ',"question_id":' || pub.json_integer(question_id)
+            || ',"topic_id":' || pub.json_integer(topic_id)
+            || '}'
+    END;
+END;
+
+CREATE FUNCTION pub.explanation_canonical(
+    question_id bigint, explanation text, explanation_status text, deleted_at timestamptz
+) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN NOT pub.explanation_is_live(deleted_at, explanation_status) THEN NULL
+        WHEN NOT pub.is_json_safe_integer(question_id)
+            THEN pub.payload_rule_violation('explanation', question_id,
+                                            'id must be within +-(2^53-1)')
+        ELSE '{"explanation":' || pub.json_string(explanation)
+            || ',"question_id":' || pub.json_integer(question_id)
+            || '}'
+    END;
+END;
+
+DROP FUNCTION pub.string_array_items(jsonb);
+DROP TYPE pub.topic_payload;
+DROP TYPE pub.question_payload;
+DROP TYPE pub.explanation_payload;
+
+CREATE OR REPLACE FUNCTION pub.capture_topic_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Before any column is read (pub.require_topic_shape); OLD has NEW's row type.
+    shape_ok constant boolean := pub.require_topic_shape(
+        pg_typeof(NEW.id), pg_typeof(NEW.name), pg_typeof(NEW.exam_round_size),
+        pg_typeof(NEW.deleted_at));
+    was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
+    is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
+    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
+    topic_text text;
+    previous text := current_setting('pubctl.last_enqueued', true);
+    -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
+    first_id bigint;
+    second_id bigint;
+    ids bigint[];
+    noted text;
+BEGIN
+    IF same_id AND NOT (was_live IS DISTINCT FROM is_live
+                        OR (is_live AND ((OLD.name COLLATE "C"), OLD.exam_round_size)
+                                        IS DISTINCT FROM ((NEW.name COLLATE "C"),
+                                                          NEW.exam_round_size))) THEN
+        RETURN NULL;  -- nothing published changed (deleted_at moved, say)
+    END IF;
+    IF NOT same_id AND NOT was_live AND NOT is_live THEN
+        RETURN NULL;  -- a key change of a row deleted before and after
+    END IF;
+    IF current_setting('pubctl.publishing_on_in', true)
+       IS DISTINCT FROM pg_current_xact_id()::text THEN
+        IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+            RETURN NULL;
+        END IF;
+        noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF starts_with(previous, 'topic:' || OLD.id || ':')
+       AND previous ~ '^[a-z]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+        -- Superseded: this transaction's own rows of the items written below.
+        DELETE FROM pub.outbox AS o
+        WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
+          AND o.kind = 'topic'
+          AND ((o.source_id = NEW.id AND (same_id OR is_live))
+               OR (NOT same_id AND o.source_id = OLD.id AND was_live))
+          AND o.xmin = pg_current_xact_id()::xid;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        noted := set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF current_setting('pubctl.nested_capture_in', true) = pg_current_xact_id()::text THEN
+        -- A statement run by a trigger may have changed the row since: its current state
+        -- (see the header).
+        ids := pub.capture_current_items('study_topic',
+            CASE WHEN same_id OR NOT was_live OR NOT is_live THEN '{topic}'::text[]
+                 ELSE '{topic,topic}' END,
+            CASE WHEN same_id OR NOT was_live THEN ARRAY[NEW.id::bigint]
+                 WHEN NOT is_live THEN ARRAY[OLD.id::bigint]
+                 ELSE ARRAY[OLD.id::bigint, NEW.id::bigint] END);
+        IF COALESCE(previous, '') = '' THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        noted := set_config('pubctl.last_enqueued',
+            'topic:' || NEW.id || ':' || array_to_string(ids, ','), true);
+        RETURN NULL;
+    END IF;
+    first_id := nextval('pub.outbox_id_seq');
+    IF is_live THEN
+        topic_text := pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
+    END IF;
+    IF same_id OR NOT was_live THEN
+        -- The item itself: its new payload, or its tombstone.
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', NEW.id, pub.outbox_payload(topic_text),
+                pub.outbox_payload_hash(topic_text), pub.schema_version(), topic_text IS NULL);
+    ELSIF NOT is_live THEN
+        -- A new id is a new item: the old one ends (the new one was never live).
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
+                pub.outbox_payload_hash(NULL), pub.schema_version(), true);
+    ELSE
+        -- A new id is a new item: the old one ends, the new one begins.
+        second_id := nextval('pub.outbox_id_seq');
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
+                pub.outbox_payload_hash(NULL), pub.schema_version(), true),
+               (second_id, 'topic', NEW.id, pub.outbox_payload(topic_text),
+                pub.outbox_payload_hash(topic_text), pub.schema_version(), false);
+    END IF;
+    IF COALESCE(previous, '') = '' THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    noted := set_config('pubctl.last_enqueued',
+        concat_ws(',', 'topic:' || NEW.id || ':' || first_id, second_id), true);
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.capture_question_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Before any column is read (pub.require_question_shape); OLD has NEW's row type.
+    shape_ok constant boolean := pub.require_question_shape(
+        pg_typeof(NEW.id), pg_typeof(NEW.topic_id), pg_typeof(NEW.exam_name),
+        pg_typeof(NEW.exam_round), pg_typeof(NEW.number), pg_typeof(NEW.body),
+        pg_typeof(NEW.choices), pg_typeof(NEW.answer), pg_typeof(NEW.explanation),
+        pg_typeof(NEW.explanation_status), pg_typeof(NEW.deleted_at));
+    question_was_live constant boolean := pub.question_is_live(OLD.deleted_at);
+    question_is_live constant boolean := pub.question_is_live(NEW.deleted_at);
+    explanation_was_live constant boolean :=
+        pub.explanation_is_live(OLD.deleted_at, OLD.explanation_status);
+    explanation_is_live constant boolean :=
+        pub.explanation_is_live(NEW.deleted_at, NEW.explanation_status);
+    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
+    -- The new id's items to write: a live item whose payload or liveness changed (all of
+    -- them after a key change), and, under the same id, items that stopped being live.
+    question_changes constant boolean :=
+        (question_is_live
+         AND (NOT same_id OR NOT question_was_live
+              OR (OLD.topic_id, (OLD.exam_name COLLATE "C"), OLD.exam_round, OLD.number,
+                  (OLD.body COLLATE "C"), OLD.choices, OLD.answer)
+                 IS DISTINCT FROM (NEW.topic_id, (NEW.exam_name COLLATE "C"), NEW.exam_round,
+                                   NEW.number, (NEW.body COLLATE "C"), NEW.choices, NEW.answer)))
+        OR (same_id AND question_was_live AND NOT question_is_live);
+    explanation_changes constant boolean :=
+        (explanation_is_live
+         AND (NOT same_id OR NOT explanation_was_live
+              OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
+        OR (same_id AND explanation_was_live AND NOT explanation_is_live);
+    question_text text;
+    explanation_text text;
+    previous text := current_setting('pubctl.last_enqueued', true);
+    -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
+    ids bigint[];
+    kinds text[];
+    source_ids bigint[];
+    noted text;
+BEGIN
+    IF NOT (question_changes OR explanation_changes)
+       AND (same_id OR NOT (question_was_live OR explanation_was_live)) THEN
+        RETURN NULL;  -- nothing published changed
+    END IF;
+    IF current_setting('pubctl.publishing_on_in', true)
+       IS DISTINCT FROM pg_current_xact_id()::text THEN
+        IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
+            RETURN NULL;
+        END IF;
+        noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF starts_with(previous, 'question:' || OLD.id || ':')
+       AND previous ~ '^[a-z]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+        -- Superseded: this transaction's own rows of the items written below.
+        DELETE FROM pub.outbox AS o
+        WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
+          AND ((o.source_id = NEW.id
+                AND ((o.kind = 'question' AND question_changes)
+                     OR (o.kind = 'explanation' AND explanation_changes)))
+               OR (NOT same_id AND o.source_id = OLD.id
+                   AND ((o.kind = 'question' AND question_was_live)
+                        OR (o.kind = 'explanation' AND explanation_was_live))))
+          AND o.xmin = pg_current_xact_id()::xid;
+    END IF;
+    IF pg_trigger_depth() > 1 THEN
+        noted := set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
+    END IF;
+    IF current_setting('pubctl.nested_capture_in', true) = pg_current_xact_id()::text THEN
+        -- A statement run by a trigger may have changed the row since: its current state
+        -- (see the header), for the same items as below, in the same order.
+        SELECT array_agg(i.kind ORDER BY i.n), array_agg(i.source_id ORDER BY i.n)
+        INTO kinds, source_ids
+        FROM (VALUES (1, 'question', OLD.id::bigint, NOT same_id AND question_was_live),
+                     (2, 'explanation', OLD.id::bigint, NOT same_id AND explanation_was_live),
+                     (3, 'question', NEW.id::bigint, question_changes),
+                     (4, 'explanation', NEW.id::bigint, explanation_changes))
+             AS i(n, kind, source_id, wanted)
+        WHERE i.wanted;
+        ids := pub.capture_current_items('study_question', kinds, source_ids);
+        IF COALESCE(previous, '') = '' THEN
+            PERFORM pub.notify_outbox();
+        END IF;
+        noted := set_config('pubctl.last_enqueued',
+            'question:' || NEW.id || ':' || array_to_string(ids, ','), true);
+        RETURN NULL;
+    END IF;
+    IF question_changes THEN
+        question_text := pub.question_canonical(
+            NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
+            NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
+    END IF;
+    IF explanation_changes THEN
+        explanation_text := pub.explanation_canonical(
+            NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
+    END IF;
+    IF NOT same_id THEN
+        -- A new id is a new item: the old one ends, the new one begins. Rare: the
+        -- general form, ids in outbox order.
+        WITH wanted AS (
+            SELECT i.n, i.kind, i.source_id, i.canonical
+            FROM (VALUES (1, 'question', OLD.id::bigint, NULL::text, question_was_live),
+                         (2, 'explanation', OLD.id::bigint, NULL::text, explanation_was_live),
+                         (3, 'question', NEW.id::bigint, question_text, question_changes),
+                         (4, 'explanation', NEW.id::bigint, explanation_text,
+                          explanation_changes))
+                 AS i(n, kind, source_id, canonical, wanted)
+            WHERE i.wanted
+        ), numbered AS (
+            SELECT nextval('pub.outbox_id_seq') AS id, w.*
+            FROM (SELECT * FROM wanted ORDER BY n) AS w
+        ), inserted AS (
+            INSERT INTO pub.outbox
+                (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+            OVERRIDING SYSTEM VALUE
+            SELECT i.id, i.kind, i.source_id, pub.outbox_payload(i.canonical),
+                   pub.outbox_payload_hash(i.canonical), pub.schema_version(),
+                   i.canonical IS NULL
+            FROM numbered AS i
+            RETURNING id
+        )
+        SELECT array_agg(r.id ORDER BY r.id) INTO ids FROM inserted AS r;
+    ELSIF question_changes AND explanation_changes THEN
+        ids := ARRAY[nextval('pub.outbox_id_seq'), nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_text),
+                pub.outbox_payload_hash(question_text), pub.schema_version(),
+                question_text IS NULL),
+               (ids[2], 'explanation', NEW.id, pub.outbox_payload(explanation_text),
+                pub.outbox_payload_hash(explanation_text), pub.schema_version(),
+                explanation_text IS NULL);
+    ELSIF question_changes THEN
+        ids := ARRAY[nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_text),
+                pub.outbox_payload_hash(question_text), pub.schema_version(),
+                question_text IS NULL);
+    ELSE
+        ids := ARRAY[nextval('pub.outbox_id_seq')];
+        INSERT INTO pub.outbox
+            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ids[1], 'explanation', NEW.id, pub.outbox_payload(explanation_text),
+                pub.outbox_payload_hash(explanation_text), pub.schema_version(),
+                explanation_text IS NULL);
+    END IF;
+    IF COALESCE(previous, '') = '' THEN
+        PERFORM pub.notify_outbox();
+    END IF;
+    noted := set_config('pubctl.last_enqueued',
+        'question:' || NEW.id || ':' || array_to_string(ids, ','), true);
+    RETURN NULL;
+END;
+$$;
 
 CREATE OR REPLACE FUNCTION pub.apply_batch(
     max_rows integer,
@@ -226,6 +594,51 @@ BEGIN
         FROM joined AS j
         WHERE j.schema_version < pub.schema_version()
     $q$, app, source, pub.source_select_list(source), pub.source_items_sql(source, 'rows'))
+    USING lo, hi, kinds;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pub.source_projection(source text, lo bigint, hi bigint)
+    RETURNS TABLE (source_id bigint, row_data jsonb, canonicals jsonb, published_hashes jsonb)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    SET row_security = off
+AS $$
+DECLARE
+    app name := (SELECT s.app_schema FROM pub.settings s);
+    kinds text[] := pub.require_source(source);
+    -- "'name', value, ..." for jsonb_build_object: each projected column, as far as
+    -- the row publishes it.
+    published_values text := (
+        SELECT string_agg(format('%L, %s', c.column_name, CASE c.column_name
+                   WHEN 'id' THEN 'r.id'
+                   WHEN 'deleted_at' THEN 'r.deleted_at'
+                   WHEN 'explanation' THEN
+                       'CASE WHEN r.deleted_at IS NULL AND r.explanation_status = ''ready'' '
+                       'THEN r.explanation END'
+                   WHEN 'explanation_status' THEN
+                       'CASE WHEN r.deleted_at IS NULL THEN left(r.explanation_status, 64) END'
+                   ELSE format('CASE WHEN r.deleted_at IS NULL THEN r.%I END', c.column_name)
+               END), ', ')
+        FROM pub.source_columns(source) AS c);
+BEGIN
+    RETURN QUERY EXECUTE format($q$
+        WITH rows AS MATERIALIZED (
+            SELECT %3$s FROM %1$I.%2$I AS r
+            WHERE ($1 IS NULL OR r.id > $1) AND ($2 IS NULL OR r.id <= $2)
+        ), items AS (%4$s
+        ), canonicals AS (
+            SELECT i.source_id, jsonb_object_agg(i.kind, i.canonical) AS canonicals
+            FROM items AS i GROUP BY i.source_id
+        )
+        SELECT r.id::bigint, jsonb_build_object(%5$s), k.canonicals,
+               (SELECT jsonb_object_agg(c.kind, c.payload_hash) FROM pub.content AS c
+                WHERE c.kind = ANY ($3) AND c.source_id = r.id)
+        FROM rows AS r
+        JOIN canonicals AS k ON k.source_id = r.id
+        ORDER BY r.id
+    $q$, app, source, pub.source_select_list(source), pub.source_items_sql(source, 'rows'),
+       published_values)
     USING lo, hi, kinds;
 END;
 $$;

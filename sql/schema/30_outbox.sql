@@ -24,21 +24,19 @@ COMMENT ON TABLE pub.outbox IS
     'Item changes waiting for the applier, oldest first by id. Written only by pubctl''s triggers and backfill.';
 
 -- How an item becomes outbox columns, in one place: payload and hash both come from
--- the same canonical text, and a NULL canonical text is a tombstone ({} and deleted).
--- Inlinable SQL functions, so the triggers' set-based INSERTs pay no call per row.
--- The cast to json checks the text's syntax and keeps it byte for byte (no parse into
--- a tree as jsonb would do: that was about a third of capture's cost over a bare
--- INSERT).
-CREATE FUNCTION pub.outbox_payload(canonical text) RETURNS json
+-- the same canonical json (the projection's), and a NULL one is a tombstone ({} and
+-- deleted). Inlinable SQL functions, so the triggers' set-based INSERTs pay no call
+-- per row. The json value is written as the projection built it, byte for byte.
+CREATE FUNCTION pub.outbox_payload(canonical json) RETURNS json
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
-    SELECT COALESCE(canonical, '{}')::json;
+    SELECT COALESCE(canonical, '{}'::json);
 END;
 
-CREATE FUNCTION pub.outbox_payload_hash(canonical text) RETURNS text
+CREATE FUNCTION pub.outbox_payload_hash(canonical json) RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
-    SELECT pub.payload_hash(COALESCE(canonical, '{}'));
+    SELECT pub.payload_hash(COALESCE(canonical::text, '{}'));
 END;
 
 -- The payload schema version the projection functions produce.

@@ -391,7 +391,7 @@ DECLARE
     was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
     is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
     same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
-    topic_text text;
+    topic_text json;
     previous text := current_setting('pubctl.last_enqueued', true);
     -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
     first_id bigint;
@@ -515,8 +515,8 @@ DECLARE
          AND (NOT same_id OR NOT explanation_was_live
               OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
         OR (same_id AND explanation_was_live AND NOT explanation_is_live);
-    question_text text;
-    explanation_text text;
+    question_text json;
+    explanation_text json;
     previous text := current_setting('pubctl.last_enqueued', true);
     -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
     ids bigint[];
@@ -584,8 +584,8 @@ BEGIN
         -- general form, ids in outbox order.
         WITH wanted AS (
             SELECT i.n, i.kind, i.source_id, i.canonical
-            FROM (VALUES (1, 'question', OLD.id::bigint, NULL::text, question_was_live),
-                         (2, 'explanation', OLD.id::bigint, NULL::text, explanation_was_live),
+            FROM (VALUES (1, 'question', OLD.id::bigint, NULL::json, question_was_live),
+                         (2, 'explanation', OLD.id::bigint, NULL::json, explanation_was_live),
                          (3, 'question', NEW.id::bigint, question_text, question_changes),
                          (4, 'explanation', NEW.id::bigint, explanation_text,
                           explanation_changes))

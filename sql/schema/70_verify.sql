@@ -48,7 +48,7 @@ BEGIN
               AND ($1 IS NULL OR c.source_id > $1) AND ($2 IS NULL OR c.source_id <= $2)
         ), joined AS MATERIALIZED (
             SELECT COALESCE(e.kind, p.kind) AS kind, COALESCE(e.source_id, p.source_id) AS source_id,
-                   e.canonical AS want, pub.payload_hash(e.canonical) AS want_hash,
+                   e.canonical::text AS want, pub.payload_hash(e.canonical::text) AS want_hash,
                    p.payload::text AS have, p.payload_hash AS have_hash,
                    COALESCE(NOT p.deleted, false) AS have_live, p.schema_version
             FROM expected AS e
@@ -155,7 +155,7 @@ BEGIN
             WHERE ($1 IS NULL OR r.id > $1) AND ($2 IS NULL OR r.id <= $2)
         ), items AS (%4$s
         ), canonicals AS (
-            SELECT i.source_id, jsonb_object_agg(i.kind, i.canonical) AS canonicals
+            SELECT i.source_id, jsonb_object_agg(i.kind, i.canonical::text) AS canonicals
             FROM items AS i GROUP BY i.source_id
         )
         SELECT r.id::bigint, jsonb_build_object(%5$s), k.canonicals,

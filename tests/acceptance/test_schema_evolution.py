@@ -22,28 +22,28 @@ from support.cli import run_inprocess
 from support.db import Database
 
 V2_SQL = """
+CREATE TYPE pub.question_payload_v2 AS (
+    answer integer, body text, choices text[], exam_label text, exam_name text,
+    exam_round integer, number integer, question_id bigint, topic_id bigint
+);
 CREATE OR REPLACE FUNCTION pub.question_canonical(
     question_id bigint, topic_id bigint, exam_name text, exam_round integer,
     number integer, body text, choices jsonb, answer integer, deleted_at timestamptz
-) RETURNS text
+) RETURNS json
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT CASE
         WHEN NOT pub.question_is_live(deleted_at) THEN NULL
         WHEN NOT (pub.is_json_safe_integer(question_id) AND pub.is_json_safe_integer(topic_id))
             THEN pub.payload_rule_violation('question', question_id,
-                                            'id and topic_id must be within +-(2^53-1)')
-        ELSE '{"answer":' || pub.json_integer(answer)
-            || ',"body":' || pub.json_string(body)
-            || ',"choices":' || COALESCE(pub.json_string_array(choices),
-                   pub.payload_rule_violation('question', question_id, 'choices must be a JSON array of strings'))
-            || ',"exam_label":' || pub.json_string(exam_name || ' / round ' || exam_round)
-            || ',"exam_name":' || pub.json_string(exam_name)
-            || ',"exam_round":' || pub.json_integer(exam_round)
-            || ',"number":' || pub.json_integer(number)
-            || ',"question_id":' || pub.json_integer(question_id)
-            || ',"topic_id":' || pub.json_integer(topic_id)
-            || '}'
+                                            'id and topic_id must be within +-(2^53-1)')::json
+        ELSE pg_catalog.row_to_json(ROW(
+            answer, body,
+            COALESCE(pub.string_array_items(choices),
+                     pub.payload_rule_violation('question', question_id,
+                                                'choices must be a JSON array of strings')::text[]),
+            exam_name || ' / round ' || exam_round,
+            exam_name, exam_round, number, question_id, topic_id)::pub.question_payload_v2)
     END;
 END;
 CREATE OR REPLACE FUNCTION pub.schema_version() RETURNS integer

@@ -130,7 +130,7 @@ TAMPERING = [
     ),
     (
         "projection bug",
-        "CREATE OR REPLACE FUNCTION pub.json_string(value text) RETURNS text LANGUAGE sql STABLE BEGIN ATOMIC SELECT COALESCE(pg_catalog.upper(pg_catalog.to_json(value)::text), 'null'); END",
+        "CREATE OR REPLACE FUNCTION pub.topic_canonical(topic_id bigint, name text, exam_round_size integer, deleted_at timestamptz) RETURNS json LANGUAGE sql STABLE BEGIN ATOMIC SELECT CASE WHEN deleted_at IS NULL THEN pg_catalog.row_to_json(ROW(exam_round_size, pg_catalog.upper(name), topic_id)::pub.topic_payload) END; END",
         ("reference_mismatch", "topic", 1),
     ),
 ]

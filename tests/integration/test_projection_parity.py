@@ -45,11 +45,13 @@ deleted = st.one_of(st.none(), st.just(datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 QUESTION_SQL = """
 SELECT pub.question_canonical(%(id)s, %(topic_id)s, %(exam_name)s, %(exam_round)s, %(number)s,
-                              %(body)s, %(choices)s, %(answer)s, %(deleted_at)s) AS q,
+                              %(body)s, %(choices)s, %(answer)s, %(deleted_at)s)::text AS q,
        pub.explanation_canonical(%(id)s, %(explanation)s, %(explanation_status)s,
-                                 %(deleted_at)s) AS e
+                                 %(deleted_at)s)::text AS e
 """
-TOPIC_SQL = "SELECT pub.topic_canonical(%(id)s, %(name)s, %(exam_round_size)s, %(deleted_at)s)"
+TOPIC_SQL = (
+    "SELECT pub.topic_canonical(%(id)s, %(name)s, %(exam_round_size)s, %(deleted_at)s)::text"
+)
 HASH_SQL = "SELECT pub.payload_hash(%s)"
 
 
