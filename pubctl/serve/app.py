@@ -73,6 +73,8 @@ RETRY_AFTER_UNREACHABLE_S = 5
 RETRY_AFTER_BUSY_S = 1
 JSON = "application/json"
 NO_STORE = {"Cache-Control": "no-store"}
+FEED_PATH = "/published/feed"
+MAX_PARSED = 1024
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,11 @@ class FeedIdMismatch(Exception):
 
 
 def _json(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """An answer that is not a page: never cacheable."""
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
+    return Response(
+        body, status_code=status, media_type=JSON, headers={**NO_STORE, **(headers or {})}
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -468,17 +473,26 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         log.warning("401 %s from %s: no valid bearer token", request.url.path, _peer(request))
         return _json(401, {"error": "missing or invalid bearer token"}, unauthorized)
 
+    # Query strings already parsed, valid ones only: hot pages come with the same few.
+    parsed: dict[bytes, FeedParams] = {}
+
     async def feed(request: Request) -> Response:
         refusal = denied(request)
         if refusal is not None:
             return refusal
-        try:
-            params = parse_feed_query(
-                request.scope["query_string"], request.scope.get(protocol.SCOPE_KEY)
-            )
-        except BadParameter as exc:
-            log.warning("400 from %s: %s: %s", _peer(request), exc.parameter, exc.error)
-            return _json(400, {"error": exc.error, "parameter": exc.parameter})
+        query_string = request.scope["query_string"]
+        url_bytes = request.scope.get(protocol.SCOPE_KEY)
+        params = parsed.get(query_string) if url_bytes is None else None
+        if params is None:
+            try:
+                params = parse_feed_query(query_string, url_bytes)
+            except BadParameter as exc:
+                log.warning("400 from %s: %s: %s", _peer(request), exc.parameter, exc.error)
+                return _json(400, {"error": exc.error, "parameter": exc.parameter})
+            if url_bytes is None:
+                if len(parsed) >= MAX_PARSED:
+                    parsed.clear()
+                parsed[query_string] = params
         try:
             page = await server.read_feed(params)
         except FeedIdMismatch as exc:
@@ -582,7 +596,7 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
 
     app = Starlette(
         routes=[
-            Route("/published/feed", _guarded(feed, internal_error), methods=["GET"]),
+            Route(FEED_PATH, _guarded(feed, internal_error), methods=["GET"]),
             Route("/healthz", _guarded(healthz, internal_error), methods=["GET"]),
             Route("/metrics", _guarded(metrics, internal_error), methods=["GET"]),
             Route("/openapi.json", _guarded(describe, internal_error), methods=["GET"]),
@@ -593,7 +607,24 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
     # Never redirect: Starlette would answer a trailing-slash path with a 307 whose
     # Location is built from the client's Host header. 404, like any unknown path.
     app.router.redirect_slashes = False
-    return server.metrics.middleware(_no_store_unless_said(app)), server
+    others = _no_store_unless_said(app)
+    feed_route = _guarded(feed, internal_error)
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        # A feed GET or HEAD goes straight to its handler: a hot page is answered in tens
+        # of microseconds, and Starlette's routing and exception layers would double
+        # that. Every other request (405s of the feed path included) goes through them.
+        if (
+            scope["type"] == "http"
+            and scope["path"] == FEED_PATH
+            and scope["method"] in ("GET", "HEAD")
+        ):
+            response = await feed_route(Request(scope, receive))
+            await response(scope, receive, send)
+        else:
+            await others(scope, receive, send)
+
+    return server.metrics.middleware(dispatch), server
 
 
 def _no_store_unless_said(app: ASGIApp) -> ASGIApp:

@@ -65,10 +65,12 @@ class PageCache:
 
     def put(self, key: Hashable, started: Hashable, now: Hashable, page: Page) -> bool:
         """Keep ``page``, read under token ``started``, if that is still the current
-        token ``now``. Its body is encoded here (once). False when not kept."""
+        token ``now``. Its body is written here, once, and its rows let go. False when
+        not kept."""
         self._at(now)
         if started != now:
             return False
+        page.settle()
         size = len(page.body)
         if size > self.max_bytes:
             return False

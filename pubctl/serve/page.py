@@ -11,7 +11,9 @@ as ``json`` holding the RFC 8785 canonical text the capture trigger built (revis
 0104), and the feed query selects it as text, so the server writes those characters
 as they come (UTF-8), never parsing or re-encoding them. The other string fields are
 a kind name, a uuid, a hex hash and the feed id: written between quotes as they are
-when they hold nothing JSON would escape, through ``json.dumps`` otherwise.
+when they hold nothing JSON would escape (checked for each row), through
+``json.dumps`` otherwise. An item is one ``%`` formatting of a template: a page of
+1,000 items is written in a few milliseconds.
 
 The ETag, without hashing the rows
 ----------------------------------
@@ -45,7 +47,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -56,18 +57,30 @@ BODY_FORMAT = "pubctl-feed-2"
 # schema_version, deleted
 Row = tuple[int, str, str, int, str, str, int, bool]
 
-# A string JSON writes between quotes as it is: no quote, backslash, control character
-# or non-ASCII (json.dumps would escape the latter).
-_PLAIN = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*')
+_ITEM = (
+    '{"rev":%d,"kind":"%s","pub_id":"%s","source_id":%d,"payload":%s,"payload_hash":"%s",'
+    '"schema_version":%d,"deleted":'
+)
+_LIVE = _ITEM + "false}"
+_GONE = _ITEM + "true}"
+_KINDS = frozenset(("topic", "question", "explanation"))
+
+
+def _plain(value: str) -> bool:
+    """Whether JSON writes ``value`` between quotes as it is: printable ASCII without a
+    quote or a backslash (json.dumps would escape anything else)."""
+    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
 
 
 def _string(value: str) -> str:
-    if _PLAIN.fullmatch(value):
+    if _plain(value):
         return f'"{value}"'
     return json.dumps(value)
 
 
 def _item(row: Row) -> str:
+    if row[1] in _KINDS and _plain(row[2]) and _plain(row[5]):
+        return (_GONE if row[7] else _LIVE) % row[:7]
     rev, kind, pub_id, source_id, payload_text, payload_hash, schema_version, deleted = row
     return (
         f'{{"rev":{rev:d},"kind":{_string(kind)},"pub_id":{_string(pub_id)},'
@@ -95,10 +108,23 @@ class Page:
     kinds: tuple[str, ...] = ()
     _etag: str | None = field(default=None, repr=False)
     _body: bytes | None = field(default=None, repr=False)
+    count: int = field(init=False, repr=False)
+    last_rev: int | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.count = len(self.rows)
+        self.last_rev = self.rows[-1][0] if self.rows else None
 
     @property
     def next_after(self) -> int:
-        return self.rows[-1][0] if self.rows else self.after
+        return self.after if self.last_rev is None else self.last_rev
+
+    def settle(self) -> None:
+        """Write the body and the tag now, and let the rows go: a page kept for long
+        holds its bytes only (thousands of row tuples per page would otherwise make
+        every full garbage collection of the server slower)."""
+        _ = self.etag, self.body
+        self.rows = ()
 
     @property
     def etag(self) -> str:
@@ -110,7 +136,7 @@ class Page:
                 self.feed_id,
                 str(self.after),
                 ",".join(self.kinds),
-                str(len(self.rows)),
+                str(self.count),
                 str(self.next_after),
                 "1" if self.has_more else "0",
             )
@@ -132,7 +158,3 @@ class Page:
                 )
             ).encode()
         return self._body
-
-    @property
-    def last_rev(self) -> int | None:
-        return self.rows[-1][0] if self.rows else None
