@@ -41,6 +41,7 @@ SCENARIOS: dict[str, Callable[[str, int], list[tuple[str, str]]]] = {
     "backfill": backfill_bench.run,
     "verify": verify_bench.run,
     "serve": serve_bench.run,
+    "serve pages": serve_bench.run_pages,
     "revisions": revisions.run,
     "upgrade": upgrade_bench.run,
     "replicas": replicas.run,

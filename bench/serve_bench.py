@@ -1,15 +1,24 @@
-"""`pubctl serve`: a page over HTTP against the same page fetched with psycopg and
-encoded in-process, commit-to-viewer latency through a long-poll with `pubctl worker`
-running, 2,000 held long-polls woken by one write, and hot-page throughput with and
-without If-None-Match."""
+"""`pubctl serve`: cold pages over HTTP against the same rows fetched with psycopg in
+the same process, a hot page (200 and 304) against a minimal Starlette app on the same
+uvicorn returning the same bytes from memory, commit-to-viewer latency through a
+long-poll with `pubctl worker` running, and 2,000 held long-polls woken by one write.
+
+The hot page is driven by Debian's `wrk` when it is installed (one thread, 16 keep-alive
+connections), else by an asyncio client in this process; the figures say which."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -64,21 +73,20 @@ def _ratio(a: list[float], b: list[float]) -> str:
 
 
 def _page_vs_psycopg(url: str, base: str, after: int) -> tuple[list[float], list[float], int]:
-    """Each request is for another page (another cursor), so the server's body cache
-    never answers: both sides query and encode every page."""
+    """Cold pages: each request is for another page (another cursor), so the server's
+    caches never answer. One side fetches the rows (payloads as text) with psycopg; the
+    other asks serve, which runs the same query, writes the body and sends it."""
     http_t: list[float] = []
     direct_t: list[float] = []
     size = 0
     with psycopg.connect(url, autocommit=True) as conn, httpx.Client(base_url=base) as client:
         for round_ in range(REPEATS + 1):
             cursors = [after + round_ * 1000 + n * 13 for n in range(30)]
-            bodies: list[bytes] = []
+            fetched = []
             start = time.perf_counter()
             for cursor in cursors:
                 params = {"after_rev": cursor, "max_rows": PAGE + 1, "kinds": None}
-                rows = conn.execute(query("feed_page_with_identity"), params).fetchall()
-                items = [row[1:] for row in rows if row[1] is not None]
-                bodies.append(Page(str(rows[0][0]), cursor, items[:PAGE], len(items) > PAGE).body)
+                fetched.append(conn.execute(query("feed_page_with_identity"), params).fetchall())
             direct = time.perf_counter() - start
             start = time.perf_counter()
             contents = [
@@ -86,6 +94,10 @@ def _page_vs_psycopg(url: str, base: str, after: int) -> tuple[list[float], list
                 for cursor in cursors
             ]
             over_http = time.perf_counter() - start
+            bodies = []
+            for cursor, rows in zip(cursors, fetched, strict=True):
+                items = [row[1:] for row in rows if row[1] is not None]
+                bodies.append(Page(str(rows[0][0]), cursor, items[:PAGE], len(items) > PAGE).body)
             assert contents == bodies
             size = len(contents[0])
             if round_:  # the first round warms up
@@ -199,6 +211,109 @@ def _many(
     ]
 
 
+# The peer: the smallest Starlette app answering the same bytes (and 304 for their tag)
+# from memory, on uvicorn configured as `pubctl serve` configures it.
+PEER = """
+import sys
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+body = open(sys.argv[1], "rb").read()
+etag = sys.argv[2]
+
+
+async def feed(request: Request) -> Response:
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(body, media_type="application/json", headers={"ETag": etag})
+
+
+app = Starlette(routes=[Route("/published/feed", feed)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_config=None, access_log=False,
+            lifespan="off", http="httptools", loop="auto", server_header=False)
+"""
+HOT_SECONDS = 4.0
+HOT_CLIENTS = 16
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _peer(body: bytes, etag: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    folder = tempfile.mkdtemp(prefix="pubctl-peer-")
+    path = os.path.join(folder, "body.json")
+    with open(path, "wb") as out:
+        out.write(body)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", PEER, path, etag, str(port)])
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/published/feed").content == body:
+                return proc, base, folder
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the peer app did not start")
+
+
+def _wrk(url: str, header: str | None) -> float:
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    args = [wrk, "-t1", f"-c{HOT_CLIENTS}", f"-d{HOT_SECONDS:g}s"]
+    if header:
+        args += ["-H", header]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert found and not non2xx, out
+    return float(found.group(1))
+
+
+def _hot_vs_peer(base: str, after: int) -> list[tuple[str, str]]:
+    """The same hot page of PAGE items from `pubctl serve` and from the minimal peer, 200
+    and 304, rounds alternating; the peer is the ceiling of Starlette on uvicorn."""
+    target = f"/published/feed?after={after}"
+    first = httpx.get(base + target)
+    body, etag = first.content, first.headers["etag"]
+    assert len(json.loads(body)["items"]) == PAGE
+    peer, peer_base, folder = _peer(body, etag)
+    tool = "wrk" if shutil.which("wrk") else "asyncio client"
+    try:
+        rates: dict[tuple[str, str], list[float]] = {}
+        for _round in range(REPEATS):
+            for name, where in (("serve", base), ("peer", peer_base)):
+                for kind, header in (("200", None), ("304", f"If-None-Match: {etag}")):
+                    if tool == "wrk":
+                        rate = _wrk(where + target, header)
+                    else:
+                        plain, conditional = _hot_page(where, after, HOT_SECONDS, HOT_CLIENTS)
+                        rate = conditional if header else plain
+                    rates.setdefault((name, kind), []).append(rate)
+    finally:
+        peer.terminate()
+        peer.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+    figures = []
+    for kind in ("200", "304"):
+        serve_r, peer_r = rates[("serve", kind)], rates[("peer", kind)]
+        figures.append(
+            (
+                f"hot page of {PAGE}, {kind}, serve / minimal Starlette ({tool})",
+                f"{_ratio(serve_r, peer_r)}; {statistics.median(serve_r):,.0f} / "
+                f"{statistics.median(peer_r):,.0f} pages/s ({len(body) / 1024:.0f} KiB)",
+            )
+        )
+    return figures
+
+
 def _hot_page(
     base: str, after: int, seconds: float = 5.0, clients: int = 16
 ) -> tuple[float, float]:
@@ -230,8 +345,8 @@ def _hot_page(
     return plain, conditional
 
 
-def run(url: str, rows: int) -> list[tuple[str, str]]:
-    """Figures of `pubctl serve`."""
+def _fill(url: str, rows: int) -> int:
+    """The published state of the scenarios; returns a rev a quarter of the way in."""
     questions = max(min(rows, 100_000) // 2, 2000)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(read_sql_file("sample_app_schema.sql").encode())
@@ -240,23 +355,43 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
         conn.execute("SELECT pub.apply_batch(1000000)")
         conn.execute("VACUUM ANALYZE pub.content")
         row = conn.execute("SELECT max(rev) FROM pub.content").fetchone()
-        middle = int(str(row[0])) // 4 if row else 0
+    return int(str(row[0])) // 4 if row else 0
+
+
+def _pages(url: str, base: str, middle: int) -> list[tuple[str, str]]:
+    http_t, direct_t, size = _page_vs_psycopg(url, base, middle)
+    return [
+        (
+            f"cold page of {PAGE} over HTTP / its rows fetched with psycopg",
+            f"{_ratio(http_t, direct_t)}, {statistics.median(http_t) / 30 * 1000:.1f} ms a page"
+            f" ({size / 1024:.0f} KiB)",
+        ),
+        *_hot_vs_peer(base, middle),
+    ]
+
+
+def run_pages(url: str, rows: int) -> list[tuple[str, str]]:
+    """Only the page figures (cold and hot), for a quick run."""
+    middle = _fill(url, rows)
     proc, base = _serve(url)
     try:
-        http_t, direct_t, size = _page_vs_psycopg(url, base, middle)
-        plain, conditional = _hot_page(base, middle)
+        return _pages(url, base, middle)
+    finally:
+        _stop(proc)
+
+
+def run(url: str, rows: int) -> list[tuple[str, str]]:
+    """Figures of `pubctl serve`."""
+    middle = _fill(url, rows)
+    proc, base = _serve(url)
+    try:
+        pages = _pages(url, base, middle)
         p50, p99 = _latency(url, base)
         many = _many(url, proc, base)
     finally:
         _stop(proc)
     return [
-        (
-            f"page of {PAGE} over HTTP / pub.feed + encode in-process",
-            f"{_ratio(http_t, direct_t)}, {statistics.median(http_t) / 30 * 1000:.1f} ms a page"
-            f" ({size / 1024:.0f} KiB)",
-        ),
-        ("hot page of 1000, 16 clients: pages/s", f"{plain:,.0f}"),
-        ("same with If-None-Match (304): pages/s", f"{conditional:,.0f}"),
+        *pages,
         ("commit -> long-polling viewer, worker running: p50", f"{p50 * 1000:.1f} ms"),
         ("commit -> long-polling viewer, worker running: p99", f"{p99 * 1000:.1f} ms"),
         *many,
