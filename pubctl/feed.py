@@ -20,12 +20,12 @@ like one lost with the connection.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -45,9 +45,6 @@ RETRY_MAX_S = 1.0
 WAIT_SLICE_S = 0.25
 # On a standby: how often the replayed WAL position is read.
 REPLAY_POLL_S = 0.25
-FEED_COLUMNS = (
-    "rev", "kind", "pub_id", "source_id", "payload", "payload_hash", "schema_version", "deleted",
-)  # fmt: skip
 READER_GRANTS = (
     "GRANT USAGE ON SCHEMA pub TO <role>; "
     "GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]), pub.feed_id() TO <role>"
@@ -108,14 +105,42 @@ def state_lost(what: str, where: str, identity: str, current: str | None, who: s
     )
 
 
-def to_json_line(row: Sequence[object]) -> str:
-    """One feed row as a JSON object, the payload spliced in as stored (exact numbers)."""
-    record = dict(zip(FEED_COLUMNS, row, strict=True))
-    payload_text = str(record.pop("payload"))
-    head = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-    # Keep the column order of pub.feed: payload goes between source_id and payload_hash.
-    before, after = head.split(',"payload_hash"', 1)
-    return f'{before},"payload":{payload_text},"payload_hash"{after}'
+@dataclass(frozen=True)
+class FeedPage:
+    """One page of the feed as ``feed_page_items`` writes it: the feed id, the items as
+    JSON lines (the same bytes as the items of ``pubctl serve``'s body), the last
+    item's rev, and whether more follows."""
+
+    feed_id: str
+    lines: list[str]
+    count: int
+    last_rev: int | None
+    has_more: bool
+
+
+def read_page(conn: Conn, after_rev: int, limit: int, kinds: Sequence[str] | None) -> FeedPage:
+    """Up to ``limit`` items after ``after_rev`` and the feed identity, in one statement
+    (one snapshot). Each line is written by the database (``sql/queries.sql``): the
+    fields of ``pub.feed`` in its column order, the payload as its stored canonical
+    text."""
+    row = conn.execute(
+        query("feed_page_items"),
+        {
+            "after_rev": after_rev,
+            "limit": limit,
+            "kinds": list(kinds) if kinds else None,
+            "separator": "\n",
+        },
+    ).fetchone()
+    assert row is not None  # the query always returns one row
+    feed_id, count, last_rev, has_more, _newest, items = row
+    return FeedPage(
+        str(feed_id),
+        str(items).split("\n") if items is not None else [],
+        int(count),
+        None if last_rev is None else int(last_rev),
+        bool(has_more),
+    )
 
 
 @contextmanager
@@ -156,22 +181,19 @@ def check_revision(conn: Conn, where: str) -> None:
 
 def pages(
     conn: Conn, after_rev: int, limit: int | None, kinds: Sequence[str] | None
-) -> Iterator[tuple[int, str]]:
-    """(rev, JSON line) from ``after_rev`` on: up to ``limit`` rows, or to the current end."""
+) -> Iterator[FeedPage]:
+    """Pages from ``after_rev`` on: up to ``limit`` items in all, or to the current end."""
     cursor = after_rev
     remaining = limit
     while remaining is None or remaining > 0:
-        page = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
-        rows = conn.execute(
-            query("feed_page"),
-            {"after_rev": cursor, "max_rows": page, "kinds": list(kinds) if kinds else None},
-        ).fetchall()
-        for row in rows:
-            cursor = int(str(row[0]))
-            yield cursor, to_json_line(row)
+        size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
+        page = read_page(conn, cursor, size, kinds)
+        if page.last_rev is not None:
+            cursor = page.last_rev
+            yield page
         if remaining is not None:
-            remaining -= len(rows)
-        if len(rows) < page:
+            remaining -= page.count
+        if not page.has_more:
             return
 
 
@@ -182,8 +204,8 @@ def read(
     kinds: Sequence[str] | None = None,
 ) -> Iterator[str]:
     """The feed from ``after_rev`` to its current end (or ``limit`` rows) as JSON lines."""
-    for _rev, line in pages(conn, after_rev, limit, kinds):
-        yield line
+    for page in pages(conn, after_rev, limit, kinds):
+        yield from page.lines
 
 
 def follow(
@@ -221,11 +243,13 @@ def follow(
                     down_since = None
                 while not should_stop():
                     while True:
-                        identity, page = _page_of_state(conn, where, identity, cursor, kinds)
-                        for rev, line in page:
+                        page = _page_of_state(conn, where, identity, cursor, kinds)
+                        identity = page.feed_id
+                        for line in page.lines:
                             emit(line)
-                            cursor = rev
-                        if len(page) < PAGE_SIZE:
+                        if page.last_rev is not None:
+                            cursor = page.last_rev
+                        if not page.has_more:
                             break
                     if position is None:
                         _wait(conn, poll_interval, should_stop)
@@ -260,26 +284,16 @@ def follow(
 
 def _page_of_state(
     conn: Conn, where: str, identity: str | None, after_rev: int, kinds: Sequence[str] | None
-) -> tuple[str, list[tuple[int, str]]]:
-    """The feed identity and one page after ``after_rev``, read in one statement; or
+) -> FeedPage:
+    """One page after ``after_rev`` with the feed identity, read in one statement; or
     StateLost when the identity is not ``identity`` (None: any). The state can be dropped
     and created again behind a connection that stays open, with revs starting again from
     1: a page read with the old cursor must not be taken for part of the old state."""
     with as_feed_reader(where):
-        rows = conn.execute(
-            query("feed_page_with_identity"),
-            {
-                "after_rev": after_rev,
-                "max_rows": PAGE_SIZE,
-                "kinds": list(kinds) if kinds else None,
-            },
-        ).fetchall()
-    current = str(rows[0][0])
-    if identity is not None and current != identity:
-        raise state_lost("replaced", where, identity, current, "reader")
-    return current, [
-        (int(str(row[1])), to_json_line(row[1:])) for row in rows if row[1] is not None
-    ]
+        page = read_page(conn, after_rev, PAGE_SIZE, kinds)
+    if identity is not None and page.feed_id != identity:
+        raise state_lost("replaced", where, identity, page.feed_id, "reader")
+    return page
 
 
 def replay_position(conn: Conn) -> str | None:

@@ -221,11 +221,6 @@ DROP SCHEMA IF EXISTS pub;
 SELECT consumed, changed, unchanged, dropped
 FROM pub.apply_batch(%(batch_size)s);
 
--- name: feed_page
--- The feed with the payload as stored text, so numbers are printed exactly.
-SELECT rev, kind, pub_id::text, source_id, payload::text, payload_hash, schema_version, deleted
-FROM pub.feed(%(after_rev)s, %(max_rows)s, %(kinds)s);
-
 -- name: feed_id
 SELECT pub.feed_id()::text;
 
@@ -374,18 +369,38 @@ SELECT count(*) FROM pub.outbox WHERE kind = ANY (%(kinds)s);
 -- name: set_lock_timeout
 SELECT pg_catalog.set_config('lock_timeout', %(ms)s, true);
 
--- name: feed_page_with_identity
--- `pubctl serve` and `pubctl feed --follow`: the feed identity and one page in one
--- statement, so both come from one snapshot: a page is never taken for part of a
--- published state it does not belong to. The identity comes first and always (an empty
--- page is one row with NULL item columns), so a reader learns a changed feed_id without
--- a second query. Payloads come as stored text (exact
--- numbers); the server writes them out in RFC 8785 form.
-SELECT i.feed_id::text, f.rev, f.kind, f.pub_id::text, f.source_id, f.payload::text,
-       f.payload_hash, f.schema_version, f.deleted
-FROM (SELECT pub.feed_id() AS feed_id) AS i
-LEFT JOIN LATERAL pub.feed(%(after_rev)s, %(max_rows)s, %(kinds)s) AS f ON true
-ORDER BY f.rev;
+-- name: feed_page_items
+-- `pubctl serve` and `pubctl feed`: the feed identity and one page, in one statement so
+-- both come from one snapshot (a page is never taken for part of a published state it
+-- does not belong to), always one row: feed_id, the number of items, the last item's
+-- rev (NULL when none), has_more, the largest rev read (the extra row's when there is
+-- more: what serve compares with the head it knows), and the items already written as
+-- JSON, joined by the
+-- separator asked for ("," for serve's body, a newline for the CLI's lines; NULL when
+-- none).
+-- This is the one definition of an item's JSON form: the fields of pub.feed in its
+-- column order, the payload as its stored canonical text (the bytes payload_hash was
+-- computed from, never re-encoded), strings through to_json (the escapes of Python's
+-- json.dumps with ensure_ascii=False), no spaces. pub.feed is asked for one row more
+-- than the limit: that row only tells has_more and is not among the items.
+SELECT pub.feed_id()::text AS feed_id,
+       count(*) FILTER (WHERE p.n <= %(limit)s) AS item_count,
+       max(p.rev) FILTER (WHERE p.n <= %(limit)s) AS last_rev,
+       count(*) > %(limit)s AS has_more,
+       max(p.rev) AS newest_rev,
+       string_agg(
+           '{"rev":' || p.rev::text
+           || ',"kind":' || to_json(p.kind)::text
+           || ',"pub_id":"' || p.pub_id::text
+           || '","source_id":' || p.source_id::text
+           || ',"payload":' || p.payload::text
+           || ',"payload_hash":' || to_json(p.payload_hash)::text
+           || ',"schema_version":' || p.schema_version::text
+           || CASE WHEN p.deleted THEN ',"deleted":true}' ELSE ',"deleted":false}' END,
+           %(separator)s ORDER BY p.rev
+       ) FILTER (WHERE p.n <= %(limit)s) AS items
+FROM (SELECT f.*, row_number() OVER (ORDER BY f.rev) AS n
+      FROM pub.feed(%(after_rev)s, %(limit)s + 1, %(kinds)s) AS f) AS p;
 
 -- name: serve_health
 -- `pubctl serve`'s health: a reader role may call pub.health() and nothing else.

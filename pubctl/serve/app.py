@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -49,7 +51,7 @@ from pubctl.serve.diagnosis import UNAVAILABLE, diagnose
 from pubctl.serve.health import HealthProbe, HealthRow
 from pubctl.serve.listener import Head, Listener, Notifier
 from pubctl.serve.metrics import CONTENT_TYPE, Metrics
-from pubctl.serve.page import Page, Row
+from pubctl.serve.page import Page
 from pubctl.serve.params import BadParameter, FeedParams, parse_feed_query
 
 log = logging.getLogger("pubctl.serve")
@@ -117,6 +119,20 @@ def _json(status: int, content: dict[str, Any], headers: dict[str, str] | None =
     )
 
 
+class _RawText(Loader):
+    """Text values as the bytes the server sent: the page's items go into the body as
+    they come, never decoded into a str and encoded again."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+async def _text_as_bytes(conn: psycopg.AsyncConnection[Any]) -> None:
+    # The pool runs the feed query only: its text columns (the feed id and the items)
+    # come as UTF-8 bytes (the session's client_encoding, psycopg's default).
+    conn.adapters.register_loader("text", _RawText)
+
+
 def _first_line(exc: BaseException) -> str:
     return next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
 
@@ -137,6 +153,7 @@ class FeedServer:
                     "autocommit": True,
                     **db.session_kwargs(config.url, application_name="pubctl serve"),
                 },
+                configure=_text_as_bytes,
                 check=AsyncConnectionPool.check_connection,
                 reconnect_timeout=POOL_RECONNECT_TIMEOUT_S,
                 name="pubctl-serve",
@@ -230,14 +247,15 @@ class FeedServer:
             async with self.pool.connection(timeout=self._pool_wait()) as conn:
                 self._feed_queries.inc()
                 cur = await conn.execute(
-                    query("feed_page_with_identity"),
+                    query("feed_page_items"),
                     {
                         "after_rev": params.after,
-                        "max_rows": params.limit + 1,
+                        "limit": params.limit,
                         "kinds": list(params.kinds) if params.kinds else None,
+                        "separator": ",",
                     },
                 )
-                rows = await cur.fetchall()
+                row = await cur.fetchone()
         except PoolTimeout as exc:
             raise Unavailable(
                 f"no database connection within {self._pool_wait():g}s "
@@ -252,11 +270,17 @@ class FeedServer:
                 RETRY_AFTER_UNREACHABLE_S,
                 told=reason if status != UNAVAILABLE else None,
             ) from None
-        feed_id = str(rows[0][0])
-        items: list[Row] = [row[1:] for row in rows if row[1] is not None]
-        self._check_ahead(feed_id, items[-1][0] if items else None)
-        has_more = len(items) > params.limit
-        return Page(feed_id, params.after, items[: params.limit], has_more, params.kinds or ())
+        assert row is not None  # the query always returns one row
+        feed_id_bytes, count, last_rev, has_more, newest, items = row
+        feed_id = bytes(feed_id_bytes).decode()
+        last_rev = None if last_rev is None else int(last_rev)
+        # The row beyond the page (has_more) counts too: the database is ahead of the
+        # head this server knows if any rev it read is.
+        self._check_ahead(feed_id, None if newest is None else int(newest))
+        return Page(
+            feed_id, params.after, items or b"", int(count), last_rev, bool(has_more),
+            params.kinds or (),
+        )  # fmt: skip
 
     def _check_ahead(self, feed_id: str, newest: int | None) -> None:
         """A read found revs up to ``newest`` in feed ``feed_id``: if that is beyond the
@@ -353,7 +377,7 @@ class FeedServer:
             return  # the error is each waiter's to report
         page = flight.result()
         notifier = self.notifier
-        if page.rows or notifier is None or key[-1] != notifier.generation:
+        if page.count or notifier is None or key[-1] != notifier.generation:
             return
         if len(self._empty) >= MAX_EMPTY_PAGES or self._empty_generation != key[-1]:
             self._empty.clear()  # the head moved since: none of them is of use
@@ -375,7 +399,7 @@ class FeedServer:
             return page
         page, seen, generation = await self._long_poll_page(params)
         self._check_identity(params, page)
-        if page.rows or notifier.closing:
+        if page.count or notifier.closing:
             return page
         loop = asyncio.get_running_loop()
         deadline = loop.time() + params.wait
@@ -394,7 +418,7 @@ class FeedServer:
                     if head is not None and head.past(page.feed_id, covered):
                         page, seen, generation = await self._long_poll_page(params)
                         self._check_identity(params, page)
-                        if page.rows:
+                        if page.count:
                             break
                     continue
                 left = deadline - loop.time()
@@ -427,9 +451,9 @@ def replica_details(row: HealthRow) -> dict[str, Any]:
 class BodyCache:
     """Encoded bodies by ETag, least recently used first out.
 
-    The ETag is a hash of the rows a body is written from, so an equal tag means an
-    equal body: many viewers reading the same page (a hot head page, or a crowd
-    catching up from rev 0) pay for its encoding once.
+    The ETag is a hash of the page's shape, which tells its items (page.py), so an
+    equal tag means an equal body: many viewers reading the same page (a hot head page,
+    or a crowd catching up from rev 0) pay for its writing once.
     """
 
     def __init__(self, max_bytes: int = 64 * 2**20, max_entries: int = 256) -> None:

@@ -3,17 +3,16 @@
 The body
 --------
 
-The body is written by hand, not by a JSON library, so that each item's ``payload``
-appears as the exact bytes its ``payload_hash`` was computed from: a viewer can hash
+The items are written by PostgreSQL, not by Python: the feed query
+(``feed_page_items`` in ``sql/queries.sql``, the one definition of an item's JSON form,
+which ``pubctl feed`` prints too) returns the feed id, the item count, the last rev,
+``has_more`` and the page's items already joined into one text. Each item's
+``payload`` is the stored ``json`` value as text: the RFC 8785 canonical bytes the
+capture trigger built (revision 0104), never parsed or re-encoded, so a viewer can hash
 the bytes between ``"payload":`` and ``,"payload_hash"`` and compare with
-``payload_hash`` without any JSON library of its own. The database stores each payload
-as ``json`` holding the RFC 8785 canonical text the capture trigger built (revision
-0104), and the feed query selects it as text, so the server writes those characters
-as they come (UTF-8), never parsing or re-encoding them. The other string fields are
-a kind name, a uuid, a hex hash and the feed id: written between quotes as they are
-when they hold nothing JSON would escape (checked for each row), through
-``json.dumps`` otherwise. An item is one ``%`` formatting of a template: a page of
-1,000 items is written in a few milliseconds.
+``payload_hash`` without any JSON library of its own. The server receives five values
+per page instead of eight per item, and writes the body as
+``{"items":[`` + that text + ``],"next_after":...,"has_more":...,"feed_id":...}``.
 
 The ETag, without hashing the rows
 ----------------------------------
@@ -47,89 +46,47 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # Part of every ETag: a change in how bodies are written changes every tag.
-BODY_FORMAT = "pubctl-feed-2"
-
-# rev, kind, pub_id, source_id, payload (its stored canonical text), payload_hash,
-# schema_version, deleted
-Row = tuple[int, str, str, int, str, str, int, bool]
-
-_ITEM = (
-    '{"rev":%d,"kind":"%s","pub_id":"%s","source_id":%d,"payload":%s,"payload_hash":"%s",'
-    '"schema_version":%d,"deleted":'
-)
-_LIVE = _ITEM + "false}"
-_GONE = _ITEM + "true}"
-_KINDS = frozenset(("topic", "question", "explanation"))
-
-
-def _plain(value: str) -> bool:
-    """Whether JSON writes ``value`` between quotes as it is: printable ASCII without a
-    quote or a backslash (json.dumps would escape anything else)."""
-    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
+BODY_FORMAT = "pubctl-feed-3"
 
 
 def _string(value: str) -> str:
-    if _plain(value):
-        return f'"{value}"'
-    return json.dumps(value)
-
-
-def _item(row: Row) -> str:
-    if row[1] in _KINDS and _plain(row[2]) and _plain(row[5]):
-        return (_GONE if row[7] else _LIVE) % row[:7]
-    rev, kind, pub_id, source_id, payload_text, payload_hash, schema_version, deleted = row
-    return (
-        f'{{"rev":{rev:d},"kind":{_string(kind)},"pub_id":{_string(pub_id)},'
-        f'"source_id":{source_id:d},"payload":{payload_text},'
-        f'"payload_hash":{_string(payload_hash)},"schema_version":{schema_version:d},'
-        f'"deleted":{"true" if deleted else "false"}}}'
-    )
-
-
-def encode_item(row: Row) -> bytes:
-    """One item: the fields of ``pub.feed`` in its column order, the payload's stored
-    bytes as they are."""
-    return _item(row).encode()
+    return json.dumps(value, ensure_ascii=False)
 
 
 @dataclass
 class Page:
-    """The answer to one feed request: up to ``limit`` rows after ``after`` of the kinds
-    asked for (``kinds`` as the parameters normalise them; empty: all)."""
+    """The answer to one feed request: ``count`` items after ``after`` of the kinds
+    asked for (``kinds`` as the parameters normalise them; empty: all), the last of
+    them at ``last_rev``; ``items`` is their JSON texts joined by commas, as the feed
+    query writes them (UTF-8)."""
 
     feed_id: str
     after: int
-    rows: Sequence[Row]
+    items: bytes
+    count: int
+    last_rev: int | None
     has_more: bool
     kinds: tuple[str, ...] = ()
     _etag: str | None = field(default=None, repr=False)
     _body: bytes | None = field(default=None, repr=False)
-    count: int = field(init=False, repr=False)
-    last_rev: int | None = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.count = len(self.rows)
-        self.last_rev = self.rows[-1][0] if self.rows else None
 
     @property
     def next_after(self) -> int:
         return self.after if self.last_rev is None else self.last_rev
 
     def settle(self) -> None:
-        """Write the body and the tag now, and let the rows go: a page kept for long
-        holds its bytes only (thousands of row tuples per page would otherwise make
-        every full garbage collection of the server slower)."""
+        """Write the body and the tag now, and let the items' text go: a page kept for
+        long holds its bytes only."""
         _ = self.etag, self.body
-        self.rows = ()
+        self.items = b""
 
     @property
     def etag(self) -> str:
         """A strong ETag: equal tags mean byte-equal bodies (see the module's docstring
-        for why the rows themselves need not be hashed)."""
+        for why the items themselves need not be hashed)."""
         if self._etag is None:
             words = (
                 BODY_FORMAT,
@@ -148,13 +105,10 @@ class Page:
     def body(self) -> bytes:
         """``{"items": [...], "next_after": REV, "has_more": bool, "feed_id": F}``."""
         if self._body is None:
-            self._body = "".join(
-                (
-                    '{"items":[',
-                    ",".join(map(_item, self.rows)),
-                    f'],"next_after":{self.next_after:d},'
-                    f'"has_more":{"true" if self.has_more else "false"},'
-                    f'"feed_id":{_string(self.feed_id)}}}',
-                )
-            ).encode()
+            tail = (
+                f'],"next_after":{self.next_after:d},'
+                f'"has_more":{"true" if self.has_more else "false"},'
+                f'"feed_id":{_string(self.feed_id)}}}'
+            )
+            self._body = b"".join((b'{"items":[', self.items, tail.encode()))
         return self._body

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 import rfc8785
 
 from support import rawhttp
-from support.cli import run_inprocess
+from support.cli import pubctl_executable, run_inprocess
 from support.db import Database, ServerInfo
 from support.serve import Served, publish, reader_url, wait_until
 
@@ -151,6 +152,36 @@ def test_payload_bytes_are_rfc8785_and_hash_to_payload_hash(client: httpx.Client
         assert hashlib.sha256(payload_bytes).hexdigest() == item["payload_hash"]
         assert payload_bytes == rfc8785.dumps(item["payload"])
     assert any("中".encode() in payload for payload, _ in spans), "non-ASCII is written as UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("after", "limit", "kinds"), [(0, 10000, []), (5, 7, []), (3, 25, ["question", "topic"])]
+)
+def test_http_items_are_the_cli_lines_byte_for_byte(
+    client: httpx.Client, served_db: Database, after: int, limit: int, kinds: list[str]
+) -> None:
+    """One JSON form of an item: serve's body is its items as `pubctl feed` prints them
+    (same bytes), joined by commas."""
+    kind_args = [arg for kind in kinds for arg in ("--kind", kind)]
+    printed = subprocess.run(
+        [pubctl_executable(), "--database-url", reader_url(served_db), "feed",
+         "--after", str(after), "--limit", str(limit), *kind_args],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    lines = printed.splitlines()
+    assert len(lines) > 5 and b"\xe4\xb8\xad" in printed, "non-ASCII as UTF-8, not escaped"
+    answer = client.get(
+        "/published/feed",
+        params=[("after", after), ("limit", limit), *(("kind", kind) for kind in kinds)],
+    )
+    body = answer.json()
+    assert len(body["items"]) == len(lines)
+    assert answer.content == (
+        b'{"items":['
+        + b",".join(lines)
+        + b'],"next_after":%d,"has_more":%s,"feed_id":"%s"}'
+        % (body["next_after"], b"true" if body["has_more"] else b"false", body["feed_id"].encode())
+    )
 
 
 def test_etag_conditional_get_and_head(client: httpx.Client, served_db: Database) -> None:
