@@ -12,14 +12,14 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 -- of the operator's that depends on pub.feed (a view over it) makes this fail, naming
 -- it: drop it first and create it again after.
 SELECT pg_catalog.set_config('pubctl.feed_grants', COALESCE((
-    SELECT pg_catalog.string_agg(
+    SELECT pg_catalog.array_agg(
                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END
-               || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END, ',')
+               || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)::text
     FROM pg_catalog.pg_proc AS p
     CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) AS a
     LEFT JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
     WHERE p.oid = 'pub.feed(bigint,integer,text[])'::pg_catalog.regprocedure
-      AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner), ''), true);
+      AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner), '{}'), true);
 
 DROP FUNCTION pub.feed(bigint, integer, text[]);
 
@@ -28,6 +28,8 @@ ALTER TABLE pub.outbox ALTER COLUMN payload TYPE jsonb USING payload::jsonb;
 
 DROP FUNCTION pub.outbox_payload(json);
 DROP FUNCTION pub.outbox_payload_hash(json);
+DROP FUNCTION pub.outbox_payload(text);
+DROP FUNCTION pub.outbox_payload_hash(text);
 
 CREATE FUNCTION pub.outbox_payload(canonical text) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
@@ -523,8 +525,7 @@ DO $grants$
 DECLARE
     grantee text;
 BEGIN
-    FOREACH grantee IN ARRAY pg_catalog.string_to_array(
-        pg_catalog.current_setting('pubctl.feed_grants'), ',')
+    FOREACH grantee IN ARRAY pg_catalog.current_setting('pubctl.feed_grants')::text[]
     LOOP
         EXECUTE 'GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]) TO ' || grantee;
     END LOOP;
@@ -642,3 +643,74 @@ BEGIN
     USING lo, hi, kinds;
 END;
 $$;
+
+CREATE OR REPLACE FUNCTION pub.default_privilege_grants()
+    RETURNS TABLE (object text, kind text, grantee text, privilege text)
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH defaulted AS (
+        SELECT DISTINCT a.grantee
+        FROM pg_catalog.pg_default_acl AS d, pg_catalog.aclexplode(d.defaclacl) AS a
+        WHERE d.defaclrole = (SELECT r.oid FROM pg_catalog.pg_roles AS r
+                              WHERE r.rolname = CURRENT_USER)
+          AND d.defaclnamespace IN (0, 'pub'::pg_catalog.regnamespace)
+          AND a.grantee <> d.defaclrole
+    ), fresh AS (
+        SELECT 'schema pub' AS object, 'SCHEMA' AS kind, n.nspowner AS owner, n.nspacl AS acl
+        FROM pg_catalog.pg_namespace AS n
+        WHERE n.nspname = 'pub' AND n.xmin = pg_catalog.pg_current_xact_id()::xid
+        UNION ALL
+        SELECT c.oid::pg_catalog.regclass::text,
+               CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.relowner, c.relacl
+        FROM pg_catalog.pg_class AS c
+        WHERE c.relnamespace = 'pub'::pg_catalog.regnamespace
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+          AND c.xmin = pg_catalog.pg_current_xact_id()::xid
+        UNION ALL
+        SELECT p.oid::pg_catalog.regprocedure::text, 'FUNCTION', p.proowner, p.proacl
+        FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace = 'pub'::pg_catalog.regnamespace
+          AND p.xmin = pg_catalog.pg_current_xact_id()::xid
+    )
+    SELECT f.object, f.kind,
+           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END,
+           a.privilege_type
+    FROM fresh AS f, pg_catalog.aclexplode(f.acl) AS a
+    WHERE a.grantee IN (SELECT d.grantee FROM defaulted AS d)
+      AND a.grantee <> f.owner
+      AND NOT EXISTS (SELECT FROM pub.documented_privileges() AS d
+                      WHERE d.object = f.object AND d.privilege = a.privilege_type
+                        AND d.grantee IN ('pubctl_capture', 'PUBLIC')
+                        AND d.grantee = CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                             ELSE a.grantee::pg_catalog.regrole::text END);
+END;
+
+-- Everything in schema pub belongs to the owner of schema pub (but what was handed to
+-- pubctl_capture), whoever runs the migration: a function this revision created as a
+-- superuser who ran it would otherwise be the superuser's, and a SECURITY DEFINER one
+-- (pub.feed) would then run as the superuser over tables the schema's owner controls
+-- (who could, for one, turn pub.content into a view that calls code of its own).
+DO $owner$
+DECLARE
+    owner oid := (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'pub');
+    object text;
+BEGIN
+    FOR object IN
+        SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace = 'pub'::pg_catalog.regnamespace AND p.proowner <> owner
+          AND p.proowner <> ALL (SELECT r.oid FROM pg_catalog.pg_roles AS r
+                                 WHERE r.rolname = 'pubctl_capture')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO %s', object, owner::pg_catalog.regrole);
+    END LOOP;
+    FOR object IN
+        SELECT t.oid::pg_catalog.regtype::text FROM pg_catalog.pg_type AS t
+        WHERE t.typnamespace = 'pub'::pg_catalog.regnamespace AND t.typowner <> owner
+          AND t.typtype = 'c'
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_class AS c
+                          WHERE c.oid = t.typrelid AND c.relkind <> 'c')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TYPE %s OWNER TO %s', object, owner::pg_catalog.regrole);
+    END LOOP;
+END
+$owner$;

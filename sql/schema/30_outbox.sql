@@ -39,6 +39,23 @@ BEGIN ATOMIC
     SELECT pub.payload_hash(COALESCE(canonical::text, '{}'));
 END;
 
+-- The same for the canonical text itself: what capture functions compiled before
+-- revision 0104 pass. A session that was running through the upgrade keeps its
+-- compiled trigger bodies, whose variables held text; its next write must still be
+-- published, not fail. The text is canonical already: cast, not rebuilt. (An untyped
+-- NULL resolves to these.)
+CREATE FUNCTION pub.outbox_payload(canonical text) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT COALESCE(canonical, '{}')::json;
+END;
+
+CREATE FUNCTION pub.outbox_payload_hash(canonical text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT pub.payload_hash(COALESCE(canonical, '{}'));
+END;
+
 -- The payload schema version the projection functions produce.
 CREATE FUNCTION pub.schema_version() RETURNS integer
     LANGUAGE sql STABLE PARALLEL SAFE

@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import conninfo
 
 from pubctl import migrate
 
 from support.cli import run_subprocess
 from support.db import Database
+from support.roles import role_url, roles
 from support.serve import Served, reader_url
 
 # Rows whose canonical text and jsonb's text differ in every way they can: key order,
@@ -205,3 +207,72 @@ def test_upgrade_turns_stored_payloads_into_their_canonical_text(
                 "REVOKE ALL ON FUNCTION pub.feed(bigint, integer, text[]) FROM direct_viewer"
             )
             conn.execute("DROP ROLE direct_viewer")
+
+
+def test_sessions_running_through_the_upgrade_keep_writing(app_db: Database) -> None:
+    """A session keeps the trigger bodies it compiled before the upgrade (their variables
+    held text): its writes after the upgrade are still published, canonical."""
+    migrate.migrate(app_db.url, "0103")
+    with app_db.connect() as writer:
+        write_rows(writer, TOPICS[:2], QUESTIONS[:1])
+        # Compile every capture path of this session at 0103.
+        writer.execute("UPDATE study_topic SET name = 'before' WHERE id = 1")
+        writer.execute("UPDATE study_question SET body = 'before' WHERE id = 10")
+        writer.execute("UPDATE study_question SET id = 20 WHERE id = 10")
+        writer.execute("DELETE FROM study_question WHERE id = 20")
+        writer.execute("UPDATE study_topic SET id = 5 WHERE id = 1")
+        migrate.migrate(app_db.url)
+        writer.execute("UPDATE study_topic SET name = 'after \u00e9' WHERE id = 5")
+        writer.execute("UPDATE study_topic SET id = 6 WHERE id = 5")
+        write_rows(writer, [], QUESTIONS[1:2])
+        writer.execute("UPDATE study_question SET body = 'after' WHERE id = 11")
+        writer.execute("UPDATE study_question SET id = 21 WHERE id = 11")
+        writer.execute("DELETE FROM study_question WHERE id = 21")
+        assert hash_mismatches(writer, "outbox") == []
+        writer.execute("SELECT pub.apply_batch(1000)")
+        assert hash_mismatches(writer, "content") == []
+    verified = run_subprocess("--database-url", app_db.url, "verify")
+    assert verified.code == 0, verified.out
+
+
+def test_an_upgrade_run_by_a_superuser_leaves_pub_to_its_owner(app_db: Database) -> None:
+    """Installed by the table owner, upgraded by a superuser: every function of pub stays
+    the owner's (or pubctl_capture's). A SECURITY DEFINER pub.feed of the superuser's
+    would run the owner's code as the superuser (pub.content is the owner's). Feed
+    grants carry over, a role name with a comma included."""
+    dbname = conninfo.conninfo_to_dict(app_db.url)["dbname"]
+    with roles(app_db) as made:
+        owner = made.create("t_canon_owner")
+        viewer = made.create("viewer, eu", "NOLOGIN")
+        made.admin.execute(f'GRANT CREATE ON DATABASE "{dbname}" TO {owner}')
+        made.admin.execute(f"ALTER TABLE study_topic OWNER TO {owner}")
+        made.admin.execute(f"ALTER TABLE study_question OWNER TO {owner}")
+        as_owner = run_subprocess("--database-url", role_url(app_db, owner), "migrate",
+                                  "--revision", "0103")  # fmt: skip
+        assert as_owner.code == 0, as_owner.err
+        made.admin.execute('GRANT USAGE ON SCHEMA pub TO "viewer, eu"')
+        made.admin.execute(
+            'GRANT EXECUTE ON FUNCTION pub.feed(bigint, integer, text[]) TO "viewer, eu"'
+        )
+        migrate.migrate(app_db.url)  # as the superuser
+        foreign = made.admin.execute(
+            "SELECT p.oid::regprocedure::text, p.proowner::regrole::text FROM pg_proc p"
+            " WHERE p.pronamespace = 'pub'::regnamespace"
+            " AND p.proowner::regrole::text NOT IN (%s, 'pubctl_capture')",
+            (owner,),
+        ).fetchall()
+        assert foreign == []
+        types = made.admin.execute(
+            "SELECT t.typname, t.typowner::regrole::text FROM pg_type t"
+            " WHERE t.typnamespace = 'pub'::regnamespace AND t.typname LIKE '%%_payload'"
+        ).fetchall()
+        assert {o for _t, o in types} == {owner}, types
+        (granted,) = made.admin.execute(
+            "SELECT has_function_privilege(%s, 'pub.feed(bigint,integer,text[])', 'EXECUTE')",
+            (viewer,),
+        ).fetchone() or (None,)
+        assert granted is True
+        made.admin.execute(
+            'REVOKE ALL ON FUNCTION pub.feed(bigint, integer, text[]) FROM "viewer, eu"'
+        )
+        made.admin.execute('REVOKE ALL ON SCHEMA pub FROM "viewer, eu"')
