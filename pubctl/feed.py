@@ -134,6 +134,8 @@ def read_page(conn: Conn, after_rev: int, limit: int, kinds: Sequence[str] | Non
     ).fetchone()
     assert row is not None  # the query always returns one row
     feed_id, count, last_rev, has_more, _newest, items = row
+    # No item holds a newline: JSON escapes it within strings, and canonical text has
+    # no whitespace between tokens.
     return FeedPage(
         str(feed_id),
         str(items).split("\n") if items is not None else [],
