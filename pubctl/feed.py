@@ -37,6 +37,9 @@ from pubctl.queries import query
 log = logging.getLogger("pubctl.feed")
 
 PAGE_SIZE = 1000
+# A page stops before its payloads pass this many bytes (it always holds one item), so
+# that no page nears the 1 GB a PostgreSQL text value may hold; the next page goes on.
+PAGE_MAX_BYTES = 64 * 2**20
 # While the database is away, a reconnection is tried every RETRY_MIN_S..RETRY_MAX_S
 # (random, so that many readers do not come back in step): a reader catches up within
 # about a second of the database's return.
@@ -118,11 +121,18 @@ class FeedPage:
     has_more: bool
 
 
-def read_page(conn: Conn, after_rev: int, limit: int, kinds: Sequence[str] | None) -> FeedPage:
+def read_page(
+    conn: Conn,
+    after_rev: int,
+    limit: int,
+    kinds: Sequence[str] | None,
+    max_bytes: int | None = None,
+) -> FeedPage:
     """Up to ``limit`` items after ``after_rev`` and the feed identity, in one statement
-    (one snapshot). Each line is written by the database (``sql/queries.sql``): the
-    fields of ``pub.feed`` in its column order, the payload as its stored canonical
-    text."""
+    (one snapshot); fewer when their payloads would pass ``max_bytes`` (default
+    ``PAGE_MAX_BYTES``), but at least one. Each line is written by the database
+    (``sql/queries.sql``): the fields of ``pub.feed`` in its column order, the payload
+    as its stored canonical text."""
     row = conn.execute(
         query("feed_page_items"),
         {
@@ -130,10 +140,11 @@ def read_page(conn: Conn, after_rev: int, limit: int, kinds: Sequence[str] | Non
             "limit": limit,
             "kinds": list(kinds) if kinds else None,
             "separator": "\n",
+            "max_bytes": PAGE_MAX_BYTES if max_bytes is None else max_bytes,
         },
     ).fetchone()
     assert row is not None  # the query always returns one row
-    feed_id, count, last_rev, has_more, _newest, items = row
+    feed_id, count, last_rev, has_more, items = row
     # No item holds a newline: JSON escapes it within strings, and canonical text has
     # no whitespace between tokens.
     return FeedPage(

@@ -373,9 +373,7 @@ SELECT pg_catalog.set_config('lock_timeout', %(ms)s, true);
 -- `pubctl serve` and `pubctl feed`: the feed identity and one page, in one statement so
 -- both come from one snapshot (a page is never taken for part of a published state it
 -- does not belong to), always one row: feed_id, the number of items, the last item's
--- rev (NULL when none), has_more, the largest rev read (the extra row's when there is
--- more: what serve compares with the head it knows), and the items already written as
--- JSON, joined by the
+-- rev (NULL when none), has_more, and the items already written as JSON, joined by the
 -- separator asked for ("," for serve's body, a newline for the CLI's lines; NULL when
 -- none).
 -- This is the one definition of an item's JSON form: the fields of pub.feed in its
@@ -383,11 +381,14 @@ SELECT pg_catalog.set_config('lock_timeout', %(ms)s, true);
 -- computed from, never re-encoded), strings through to_json (the escapes of Python's
 -- json.dumps with ensure_ascii=False), no spaces. pub.feed is asked for one row more
 -- than the limit: that row only tells has_more and is not among the items.
+-- A page also stops before its payloads would pass max_bytes (the octet_length of
+-- their text), but always holds at least one item: no page comes near the 1 GB a
+-- text value may hold, whatever the payloads, and a reader always moves on. The items kept are a prefix of the rows read, so has_more
+-- is "a row was left out".
 SELECT pub.feed_id()::text AS feed_id,
-       count(*) FILTER (WHERE p.n <= %(limit)s) AS item_count,
-       max(p.rev) FILTER (WHERE p.n <= %(limit)s) AS last_rev,
-       count(*) > %(limit)s AS has_more,
-       max(p.rev) AS newest_rev,
+       count(*) FILTER (WHERE p.kept) AS item_count,
+       max(p.rev) FILTER (WHERE p.kept) AS last_rev,
+       count(*) FILTER (WHERE NOT p.kept) > 0 AS has_more,
        string_agg(
            '{"rev":' || p.rev::text
            || ',"kind":' || to_json(p.kind)::text
@@ -398,9 +399,23 @@ SELECT pub.feed_id()::text AS feed_id,
            || ',"schema_version":' || p.schema_version::text
            || CASE WHEN p.deleted THEN ',"deleted":true}' ELSE ',"deleted":false}' END,
            %(separator)s ORDER BY p.rev
-       ) FILTER (WHERE p.n <= %(limit)s) AS items
-FROM (SELECT f.*, row_number() OVER (ORDER BY f.rev) AS n
-      FROM pub.feed(%(after_rev)s, %(limit)s + 1, %(kinds)s) AS f) AS p;
+       ) FILTER (WHERE p.kept) AS items
+FROM (SELECT f.*,
+             row_number() OVER w <= %(limit)s
+             AND (row_number() OVER w = 1
+                  OR sum(octet_length(f.payload::text)) OVER w <= %(max_bytes)s) AS kept
+      FROM pub.feed(%(after_rev)s, %(limit)s + 1, %(kinds)s) AS f
+      WINDOW w AS (ORDER BY f.rev ROWS UNBOUNDED PRECEDING)) AS p;
+
+-- name: serve_feed_page
+-- `pubctl serve`'s page: feed_page_items (serve puts its text in the marker in braces)
+-- and, from the same snapshot (one statement; pub.health is STABLE, so it reads the
+-- statement's snapshot), the database's pubctl revision and last rev. Serve keeps a
+-- page only when that head is the one it knows: a page read from a newer state than
+-- the kept pages is never served beside them. A separate query because `pubctl feed`'s
+-- readers need not have EXECUTE on pub.health.
+SELECT p.*, h.revision, h.last_rev AS head_rev
+FROM ({feed_page_items}) AS p, pub.health() AS h;
 
 -- name: serve_health
 -- `pubctl serve`'s health: a reader role may call pub.health() and nothing else.

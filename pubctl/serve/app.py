@@ -17,7 +17,8 @@ Caching by others: every answer carries ``Cache-Control``. A 200 without ``wait`
 ``public, max-age=S`` with ``--cache-max-age S`` (a CDN or proxy may serve it to other
 viewers for S seconds; a stale page is harmless, see ``docs/viewer.md``), else
 ``no-cache`` (any cache must ask again; no shared cache stores it for a request with a
-token). Long-polls, 304s, errors, ``/healthz`` and ``/metrics`` say ``no-store``.
+token). A 304 says what the 200 it validates would say (RFC 9110, 15.4.5). Long-polls,
+errors, ``/healthz`` and ``/metrics`` say ``no-store``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from pubctl.queries import query
 from pubctl.serve import openapi, protocol
 from pubctl.serve.auth import TokenCheck
 from pubctl.serve.cache import PageCache
-from pubctl.serve.diagnosis import UNAVAILABLE, diagnose
+from pubctl.serve.diagnosis import UNAVAILABLE, WRONG_REVISION, diagnose, wrong_revision
 from pubctl.serve.health import HealthProbe, HealthRow
 from pubctl.serve.listener import Head, Listener, Notifier
 from pubctl.serve.metrics import CONTENT_TYPE, Metrics
@@ -71,6 +72,14 @@ MAX_EMPTY_PAGES = 4096
 # A reconnection that keeps failing is abandoned after this long; the next request
 # then starts a fresh one at once instead of waiting out a long backoff.
 POOL_RECONNECT_TIMEOUT_S = 10.0
+# The head is read again this often even when nothing says it moved: a migration (an
+# upgrade, a downgrade, the published state dropped and created again) sends no
+# notification, and kept pages must not outlive it by more than this. One pub.health()
+# on the health connection.
+HEAD_CHECK_S = 2.0
+# A page stops before its payloads pass this many bytes (it always holds one item):
+# no page nears the 1 GB a PostgreSQL text value may hold (feed_page_items).
+PAGE_MAX_BYTES = 64 * 2**20
 RETRY_AFTER_UNREACHABLE_S = 5
 RETRY_AFTER_BUSY_S = 1
 JSON = "application/json"
@@ -90,17 +99,22 @@ class ServeConfig:
     head_revision: str = ""
     # Seconds a CDN or proxy may serve a 200 without ``wait`` to any viewer (0: none).
     cache_max_age: int = 0
+    page_max_bytes: int = PAGE_MAX_BYTES
 
 
 class Unavailable(Exception):
     """The database cannot answer now: 503 with Retry-After."""
 
-    def __init__(self, reason: str, retry_after: int, told: str | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: int, told: str | None = None, status: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
-        # What the viewer is told, when it is more than "retry later" (diagnosis.py).
+        # What the viewer is told, when it is more than "retry later" (diagnosis.py),
+        # and the status /healthz would give for it.
         self.told = told
+        self.status = status
 
 
 class FeedIdMismatch(Exception):
@@ -131,6 +145,12 @@ async def _text_as_bytes(conn: psycopg.AsyncConnection[Any]) -> None:
     # The pool runs the feed query only: its text columns (the feed id and the items)
     # come as UTF-8 bytes (the session's client_encoding, psycopg's default).
     conn.adapters.register_loader("text", _RawText)
+
+
+def _splice() -> str:
+    """serve's page query: feed_page_items inside serve_feed_page (sql/queries.sql)."""
+    page = query("feed_page_items").rstrip().removesuffix(";")
+    return query("serve_feed_page").replace("{feed_page_items}", page)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -179,6 +199,8 @@ class FeedServer:
         self._cache = {r: self.metrics.page_cache.labels(r) for r in ("hit", "miss", "bypass")}
         self.metrics.page_cache_bytes.set_function(lambda: float(self.pages.bytes))
         self.metrics.page_cache_entries.set_function(lambda: float(len(self.pages)))
+        self._page_query = _splice()
+        self._head_check: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -201,6 +223,17 @@ class FeedServer:
         )
         await self.pool.open(wait=False)
         self.listener.start()
+        self._head_check = asyncio.get_running_loop().create_task(
+            self._check_head(), name="pubctl-head-check"
+        )
+
+    async def _check_head(self) -> None:
+        """Read the head every ``HEAD_CHECK_S`` while listening: what no notification
+        tells (a migration, a reinstall) still moves the head, and drops kept pages."""
+        while True:
+            await asyncio.sleep(HEAD_CHECK_S)
+            if self.notifier is not None and self.listener is not None and self.listener.connected:
+                self.notifier.hint()
 
     def _listener_reconnected(self) -> None:
         # Publishes may have gone unheard while it was away: no kept page is trusted.
@@ -215,6 +248,11 @@ class FeedServer:
 
     async def stop(self) -> None:
         self.begin_shutdown()
+        check, self._head_check = self._head_check, None
+        if check is not None:
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await check
         if self.listener is not None:
             await self.listener.stop()
         if self.notifier is not None:
@@ -247,12 +285,13 @@ class FeedServer:
             async with self.pool.connection(timeout=self._pool_wait()) as conn:
                 self._feed_queries.inc()
                 cur = await conn.execute(
-                    query("feed_page_items"),
+                    self._page_query,
                     {
                         "after_rev": params.after,
                         "limit": params.limit,
                         "kinds": list(params.kinds) if params.kinds else None,
                         "separator": ",",
+                        "max_bytes": self.config.page_max_bytes,
                     },
                 )
                 row = await cur.fetchone()
@@ -271,38 +310,56 @@ class FeedServer:
                 told=reason if status != UNAVAILABLE else None,
             ) from None
         assert row is not None  # the query always returns one row
-        feed_id_bytes, count, last_rev, has_more, newest, items = row
-        feed_id = bytes(feed_id_bytes).decode()
-        last_rev = None if last_rev is None else int(last_rev)
-        # The row beyond the page (has_more) counts too: the database is ahead of the
-        # head this server knows if any rev it read is.
-        self._check_ahead(feed_id, None if newest is None else int(newest))
-        return Page(
-            feed_id, params.after, items or b"", int(count), last_rev, bool(has_more),
-            params.kinds or (),
+        feed_id_bytes, count, last_rev, has_more, items, revision, head_rev = row
+        page = Page(
+            bytes(feed_id_bytes).decode(), params.after, items or b"", int(count),
+            None if last_rev is None else int(last_rev), bool(has_more), params.kinds or (),
+            revision=bytes(revision or b"").decode(), head_rev=int(head_rev or 0),
         )  # fmt: skip
+        self._check_state(page)
+        return page
 
-    def _check_ahead(self, feed_id: str, newest: int | None) -> None:
-        """A read found revs up to ``newest`` in feed ``feed_id``: if that is beyond the
-        head this server knows (a notification not heard yet, or not sent), the server
-        has just answered from a newer state than its kept pages; they go (the epoch
-        moves), and the head is read again."""
+    def _check_state(self, page: Page) -> None:
+        """A read saw the database's head (feed id, last rev, revision) in the snapshot
+        of ``page``. If that is a state this server does not know (a notification not
+        heard yet, or not sent: a standby's replay between two polls, a migration), the
+        server is answering from a newer state than its kept pages, even when the page
+        itself holds no rev beyond the known head (an item that left its rev for a later
+        one beyond the page): the kept pages go (the epoch moves), and the head is read
+        again. Such a page is never kept (``_keep`` wants its state to be the head). A
+        database at another pubctl revision answers 503, as ``/healthz`` does."""
         notifier = self.notifier
-        head = notifier.head if notifier is not None else None
-        if head is None or notifier is None:
+        if notifier is None:
             return
-        if head.feed_id != feed_id or (newest is not None and newest > head.last_rev):
+        state = _state(page)
+        head = notifier.head
+        older = (
+            head is not None
+            and (state.feed_id, state.revision) == (head.feed_id, head.revision)
+            and state.last_rev < head.last_rev
+        )
+        if state != head and not older:
+            # An older snapshot (a read that started before the head moved) is of no
+            # concern: the head moved since it started, so it is not kept anyway.
             self._epoch += 1
             notifier.hint()
+        if page.revision != self.config.head_revision:
+            raise self._wrong_revision(page.revision)
+
+    def _wrong_revision(self, revision: str) -> Unavailable:
+        reason = wrong_revision(revision, self.config.head_revision)
+        return Unavailable(reason, RETRY_AFTER_UNREACHABLE_S, told=reason, status=WRONG_REVISION)
 
     def _cache_usable(self) -> bool:
         """Pages are kept only while the server hears of every move of the head: its
-        listener (or a standby's replay watch) is up and the head was read."""
+        listener (or a standby's replay watch) is up and the head was read, the last
+        re-read included."""
         notifier, listener = self.notifier, self.listener
         return (
             notifier is not None
             and not notifier.closing
             and notifier.head is not None
+            and notifier.fresh
             and listener is not None
             and listener.connected
         )
@@ -339,9 +396,10 @@ class FeedServer:
             del self._page_flights[flight_key]
         if flight.cancelled() or flight.exception() is not None or self.notifier is None:
             return  # the error is each waiter's to report
-        if self._cache_usable():
+        page = flight.result()
+        if self._cache_usable() and _state(page) == self.notifier.head:
             now = (self.notifier.generation, self._epoch)
-            self.pages.put(flight_key[:3], flight_key[3:], now, flight.result())
+            self.pages.put(flight_key[:3], flight_key[3:], now, page)
 
     async def _long_poll_page(self, params: FeedParams) -> tuple[Page, Head | None, int]:
         """A long-poll's read of the feed, with the head and generation the notifier had
@@ -393,6 +451,9 @@ class FeedServer:
         published, the wait is over, or the server stops."""
         notifier = self.notifier
         assert notifier is not None
+        head = notifier.head
+        if head is not None and head.revision != self.config.head_revision:
+            raise self._wrong_revision(head.revision)
         if params.wait <= 0 or notifier.closing:
             page = await self._cached_page(params)
             self._check_identity(params, page)
@@ -431,7 +492,12 @@ class FeedServer:
 
 
 def _head(row: HealthRow) -> Head:
-    return Head(str(row[1]), int(row[2] or 0))
+    return Head(str(row[1]), int(row[2] or 0), str(row[0] or ""))
+
+
+def _state(page: Page) -> Head:
+    """The head of the snapshot ``page`` was read in."""
+    return Head(page.feed_id, page.head_rev or 0, page.revision)
 
 
 def replica_details(row: HealthRow) -> dict[str, Any]:
@@ -531,14 +597,11 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
             )
         except Unavailable as exc:
             log.error("503 /published/feed: %s", exc.reason)
-            return _json(
-                503,
-                {"error": exc.told or "the database is unavailable; retry later"},
-                {"Retry-After": str(exc.retry_after)},
-            )
+            said: dict[str, Any] = {"error": exc.told or "the database is unavailable; retry later"}
+            if exc.status is not None:
+                said["status"] = exc.status
+            return _json(503, said, {"Retry-After": str(exc.retry_after)})
         server.metrics.served(page.feed_id, page.last_rev)
-        if _if_none_match(request.headers.get("if-none-match"), page.etag):
-            return Response(status_code=304, headers={"ETag": page.etag, **NO_STORE})
         if params.wait > 0:
             cache_control = "no-store"  # a held answer is never one to replay
         elif config.cache_max_age > 0:
@@ -546,6 +609,9 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         else:
             cache_control = "no-cache"
         headers = {"ETag": page.etag, "Cache-Control": cache_control}
+        if _if_none_match(request.headers.get("if-none-match"), page.etag):
+            # The Cache-Control of the 200 it validates (RFC 9110, 15.4.5).
+            return Response(status_code=304, headers=headers)
         return Response(server.bodies.body(page), media_type=JSON, headers=headers)
 
     async def healthz(_request: Request) -> Response:
@@ -563,6 +629,11 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         revision, feed_id, last_rev = row[:3]
         if feed_id is not None:
             server.metrics.head(str(feed_id), last_rev)
+            notifier = server.notifier
+            if notifier is not None and notifier.head != _head(row):
+                # Another head than the one pages are kept for (a reinstall, a migration
+                # no notification told): read it again, which drops them if it holds.
+                notifier.hint()
         listener = server.listener
         details: dict[str, Any] = {
             "revision": revision,
@@ -572,14 +643,11 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
             **replica_details(row),
         }
         if revision != config.head_revision:
-            reason = (
-                f"the database is at pubctl revision {revision or 'none'}; "
-                f"this server needs {config.head_revision}"
-            )
+            reason = wrong_revision(revision, config.head_revision)
             log.error("503 /healthz: %s", reason)
             return _json(
                 503,
-                {"status": "wrong_revision", "reason": reason, **details},
+                {"status": WRONG_REVISION, "reason": reason, **details},
                 {"Retry-After": str(RETRY_AFTER_UNREACHABLE_S)},
             )
         return _json(200, {"status": "ok", **details})

@@ -1,6 +1,6 @@
 """What a failure to read the database means for a viewer, told apart: a database that
 does not answer, a missing privilege (named), pubctl not installed. ``/healthz`` and
-the feed's 503s both say it (a database at another revision is health's own check)."""
+the feed's 503s both say it, and that the database is at another pubctl revision."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pubctl import db
 UNAVAILABLE = "unavailable"
 MISSING_PRIVILEGE = "missing_privilege"
 NOT_MIGRATED = "not_migrated"
+WRONG_REVISION = "wrong_revision"
 
 READER_RIGHTS = (
     "a feed reader needs USAGE on schema pub and EXECUTE on pub.feed, pub.feed_id and "
@@ -32,3 +33,9 @@ def diagnose(exc: BaseException, url: str) -> tuple[str, str]:
     if isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.OperationalError):
         return UNAVAILABLE, f"the database refused the query: {first}"
     return UNAVAILABLE, "the database does not answer"
+
+
+def wrong_revision(revision: str | None, needed: str) -> str:
+    """Why a database at pubctl revision ``revision`` cannot be served by a server that
+    needs ``needed``: ``/healthz`` and the feed's 503s say it alike."""
+    return f"the database is at pubctl revision {revision or 'none'}; this server needs {needed}"

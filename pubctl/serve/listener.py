@@ -63,10 +63,13 @@ REPLAY_POLL_S = 0.25
 
 @dataclass(frozen=True)
 class Head:
-    """What the database says was last published: the feed identity and its last rev."""
+    """What the database says was last published: the feed identity and its last rev,
+    and the pubctl revision it is at (a migration may rewrite what pages hold without
+    publishing anything)."""
 
     feed_id: str
     last_rev: int
+    revision: str = ""
 
     def past(self, feed_id: str, rev: int) -> bool:
         """Whether a reader that found nothing newer than ``rev`` in feed ``feed_id``
@@ -91,6 +94,9 @@ class Notifier:
     ) -> None:
         self.generation = 0
         self.head: Head | None = None
+        # False from a failed re-read of the head until one succeeds: the head may have
+        # moved unseen meanwhile (nothing is answered from memory then).
+        self.fresh = True
         self.closing = False
         self.interval = interval
         self.retry = retry
@@ -131,6 +137,7 @@ class Notifier:
                 try:
                     head = await self._read_head()
                 except Exception as exc:
+                    self.fresh = False
                     if retry == self.retry:  # the first failure of a run: once
                         log.warning(
                             "cannot read the last published rev (%s); retrying, long-polls "
@@ -144,6 +151,7 @@ class Notifier:
                 if retry != self.retry:
                     log.warning("the last published rev is read again")
                 retry = self.retry
+                self.fresh = True
                 self.observe(head)
         finally:
             self._task = None

@@ -36,8 +36,10 @@ same number of items and end at the same ``L`` therefore hold the same set of it
 each with the same content: the items are byte-equal. ``next_after`` is ``L`` (or
 ``after`` when empty) and the rest of the body is ``has_more`` and the feed id. The
 tag is thus a hash of (body format, feed id, after, kinds, item count, ``L``,
-``has_more``): a few integers, whatever the page's size. ``limit`` is not part of it:
-it changes the body only through the count and ``has_more``. Equal tags mean
+``has_more``) and of the database's pubctl revision, since a migration may rewrite the
+stored bytes of the same revs without a new rev or feed id: a few words, whatever the
+page's size. ``limit`` is not part of it, nor the byte bound of a page: they change the
+body only through the count and ``has_more``. Equal tags mean
 byte-equal bodies, which is what a strong ETag promises, what the server's body cache
 relies on, and what a CDN or a viewer's ``If-None-Match`` may rely on.
 """
@@ -49,7 +51,7 @@ import json
 from dataclasses import dataclass, field
 
 # Part of every ETag: a change in how bodies are written changes every tag.
-BODY_FORMAT = "pubctl-feed-3"
+BODY_FORMAT = "pubctl-feed-4"
 
 
 def _string(value: str) -> str:
@@ -70,6 +72,10 @@ class Page:
     last_rev: int | None
     has_more: bool
     kinds: tuple[str, ...] = ()
+    # The pubctl revision of the database and its last rev, from the snapshot the page
+    # was read in (serve's query): the state the page belongs to.
+    revision: str = ""
+    head_rev: int | None = None
     _etag: str | None = field(default=None, repr=False)
     _body: bytes | None = field(default=None, repr=False)
 
@@ -90,6 +96,7 @@ class Page:
         if self._etag is None:
             words = (
                 BODY_FORMAT,
+                self.revision,
                 self.feed_id,
                 str(self.after),
                 ",".join(self.kinds),

@@ -3,7 +3,12 @@
 A page asked without `wait` is kept while the head (feed id and last rev) the server
 knows stands still; the server's own metrics count the feed queries, so "answered
 without touching the database" is measured, not assumed. Every kind of answer carries
-the Cache-Control the docs promise, with and without `--cache-max-age`."""
+the Cache-Control the docs promise, with and without `--cache-max-age`.
+
+What no notification tells is still seen: a page read from a newer state than the head
+the server knows is never served beside pages kept for that head, a change of the feed
+identity or of the pubctl revision drops kept pages within seconds, and a database at
+another revision answers 503."""
 
 from __future__ import annotations
 
@@ -219,6 +224,9 @@ def test_cache_control_of_every_answer(pub_db: Database, tmp_path: Path, max_age
         "200 HEAD": page,
         "200 long-poll": "no-store",
         "200 long-poll held": "no-store",
+        # A 304 carries what the 200 it validates would (RFC 9110, 15.4.5).
+        "304": page,
+        "304 long-poll": "no-store",
     }
     for name, answer in answers.items():
         status = name.split()[0]
@@ -230,3 +238,127 @@ def test_cache_control_of_every_answer(pub_db: Database, tmp_path: Path, max_age
         if not max_age:
             assert "public" not in answer.headers["cache-control"]
     assert "Vary" not in answers["200"].headers
+
+
+def _walk(client: httpx.Client, limit: int) -> list[dict[str, object]]:
+    """A viewer reading the whole feed from 0, page by page."""
+    items: list[dict[str, object]] = []
+    after, more = 0, True
+    while more:
+        page = client.get("/published/feed", params={"after": after, "limit": limit}).json()
+        items += page["items"]
+        after, more = page["next_after"], page["has_more"]
+    return items
+
+
+def test_a_page_of_a_newer_state_is_never_served_beside_kept_pages(
+    served: Served, pub_db: Database
+) -> None:
+    """Topic 2 leaves rev 2 for rev 31 and the server has not heard yet (a notification
+    on its way, a standby's replay between two polls: here, a change made without one).
+    A viewer's first page is read fresh, [1, 3, 4], and holds no rev beyond the known
+    head; the pages after it were kept for the old state, [5, 6, 7] ... [29, 30] with
+    has_more false: served together, the viewer would never see topic 2."""
+    with httpx.Client(base_url=served.base, headers=AUTH, timeout=10) as client:
+        for after in range(4, 30, 3):  # other viewers' pages, kept
+            assert client.get("/published/feed", params={"after": after, "limit": 3}).is_success
+        with pub_db.connect() as conn:
+            conn.execute("UPDATE pub.content SET rev = 31 WHERE kind = 'topic' AND source_id = 2")
+            conn.execute("UPDATE pub.rev_counter SET last_rev = 31")
+        items = _walk(client, 3)
+    assert [i["rev"] for i in items][:3] == [1, 3, 4], "the first page was of the new state"
+    assert sorted(i["source_id"] for i in items) == list(range(1, 31)), "no item missing"
+    assert items[-1]["rev"] == 31
+
+
+def test_a_new_feed_identity_drops_kept_pages_without_a_notification(
+    served: Served, pub_db: Database
+) -> None:
+    """The published state dropped and created again sends no notification; the head,
+    read every few seconds, tells it, and kept pages of the old feed go (409)."""
+    with httpx.Client(base_url=served.base, headers=AUTH, timeout=10) as client:
+        old = client.get("/published/feed", params={"limit": 5}).json()["feed_id"]
+        with pub_db.connect() as conn:
+            conn.execute("UPDATE pub.rev_counter SET feed_id = gen_random_uuid()")
+
+        def refused() -> bool:
+            answer = client.get("/published/feed", params={"limit": 5, "feed_id": old})
+            return answer.status_code == 409
+
+        assert wait_until(refused, timeout=6), "a kept page of the old feed kept being served"
+
+
+def test_another_revision_answers_503_and_never_the_same_etag(
+    served: Served, pub_db: Database
+) -> None:
+    """A downgrade rewrites the stored payload bytes under the same revs and feed id, and
+    tells nobody: the server sees the revision within seconds, answers 503 as /healthz
+    does, and a page of another revision never has the tag of this one's."""
+    from pubctl import migrate
+
+    with httpx.Client(base_url=served.base, headers=AUTH, timeout=10) as client:
+        first = client.get("/published/feed", params={"limit": 5})
+        assert first.status_code == 200
+        migrate.migrate(pub_db.url, "0103")
+        try:
+
+            def unavailable() -> httpx.Response | None:
+                answer = client.get("/published/feed", params={"limit": 5})
+                return answer if answer.status_code == 503 else None
+
+            answer = wait_until(unavailable, timeout=6)
+            assert answer is not None, "pages of the former revision kept being served"
+            told = answer.json()
+            assert told["status"] == "wrong_revision" and "0103" in told["error"]
+            assert answer.headers["retry-after"] and answer.headers["cache-control"] == "no-store"
+            health = client.get("/healthz").json()
+            assert health["status"] == "wrong_revision" and health["reason"] == told["error"]
+            fresh = client.get("/published/feed", params={"limit": 6})
+            assert fresh.status_code == 503, "a page read now says so too"
+        finally:
+            migrate.migrate(pub_db.url)
+        back = wait_until(
+            lambda: (a := client.get("/published/feed", params={"limit": 5})).is_success and a,
+            timeout=6,
+        )
+        assert back and back.content == first.content, "the same bytes again"
+
+
+def test_a_page_stops_before_its_payloads_pass_the_byte_bound(pub_db: Database) -> None:
+    """Serve's pages are bounded by bytes as `pubctl feed`'s are (a page's items are one
+    text in PostgreSQL, which cannot pass 1 GB): fewer items than the limit, has_more,
+    and a viewer asking on reads everything. In process, with a bound of 700 KB."""
+    import asyncio
+
+    from pubctl import migrate
+    from pubctl.serve.app import FeedServer, ServeConfig
+    from pubctl.serve.params import FeedParams
+
+    big = '{"b":"' + "x" * 300_000 + '"}'
+    with pub_db.connect() as conn:
+        for rev in range(1, 6):
+            conn.execute(
+                "INSERT INTO pub.content (kind, source_id, rev, payload, payload_hash,"
+                " schema_version, deleted) VALUES ('topic', %s, %s, %s::json, 'h', 1, false)",
+                (rev, rev, big),
+            )
+        conn.execute("UPDATE pub.rev_counter SET last_rev = 5")
+    config = ServeConfig(
+        url=reader_url(pub_db), head_revision=migrate.head_revision(), page_max_bytes=700_000
+    )
+
+    async def scenario() -> list[tuple[int, bool]]:
+        server = FeedServer(config)
+        await server.start()
+        try:
+            seen: list[tuple[int, bool]] = []
+            after, more = 0, True
+            while more:
+                page = await server.read_feed(FeedParams(after=after, limit=1000))
+                seen.append((page.count, page.has_more))
+                after, more = page.next_after, page.has_more
+            return seen
+        finally:
+            await server.stop()
+
+    assert asyncio.run(scenario()) == [(2, True), (2, True), (1, False)]

@@ -77,3 +77,34 @@ def test_pages_limits_and_kinds(conn: Any) -> None:
     assert [json.loads(line)["rev"] for line in read(conn, 0, 3)] == [10, 20, 30]
     assert [json.loads(line)["rev"] for line in read(conn, 0, None, ["question"])] == [20, 40]
     assert [p.last_rev for p in pages(conn, 10, None, None)] == [40]
+
+
+BIG = '{"b":"' + "x" * 300_000 + '"}'
+
+
+def test_a_page_stops_before_its_payloads_pass_the_byte_bound(
+    pub_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's items are one text in PostgreSQL, which cannot pass 1 GB: a page stops
+    before its payloads pass the bound (here a few hundred KB), holds at least one
+    item whatever its size, and says has_more, so a reader always goes on."""
+    with pub_db.connect() as conn:
+        for rev in range(1, 7):
+            conn.execute(
+                "INSERT INTO pub.content (kind, source_id, rev, payload, payload_hash,"
+                " schema_version, deleted) VALUES ('topic', %s, %s, %s::json, 'h', 1, false)",
+                (rev, rev, BIG if rev < 6 else "{}"),
+            )
+        two = read_page(conn, 0, 1000, None, max_bytes=700_000)
+        assert (two.count, two.last_rev, two.has_more) == (2, 2, True)
+        assert [json.loads(line)["rev"] for line in two.lines] == [1, 2]
+        one = read_page(conn, 2, 1000, None, max_bytes=100)
+        assert (one.count, one.last_rev, one.has_more) == (1, 3, True), "one item at least"
+        last = read_page(conn, 4, 1000, None, max_bytes=700_000)
+        assert (last.count, last.last_rev, last.has_more) == (2, 6, False)
+        assert read_page(conn, 0, 1, None, max_bytes=700_000).count == 1, "the limit still holds"
+        monkeypatch.setattr("pubctl.feed.PAGE_MAX_BYTES", 700_000)
+        lines = list(read(conn))
+        assert [json.loads(line)["rev"] for line in lines] == [1, 2, 3, 4, 5, 6]
+        assert [p.count for p in pages(conn, 0, None, None)] == [2, 2, 2]
+        assert [p.count for p in pages(conn, 0, 5, None)] == [2, 2, 1]
