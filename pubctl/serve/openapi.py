@@ -181,7 +181,8 @@ _HEADERS: dict[str, Any] = {
     },
     "Cache-Control": {
         "description": "`public, max-age=S` (a request without `wait`, on a server run "
-        "with `--cache-max-age S`), `no-store` (a long-poll) or `no-cache`.",
+        "with `--cache-max-age S`), `no-store` (a long-poll) or `no-cache`; a 304 carries "
+        "the one its 200 would.",
         "schema": {"type": "string"},
     },
     "Retry-After": {
@@ -292,7 +293,8 @@ def _feed(method: str) -> dict[str, Any]:
                 "FeedIdMismatch" if get else None,
             ),
             "503": _response(
-                "The database is unreachable or every pool connection is busy.",
+                "The database is unreachable, every pool connection is busy, or the "
+                "database is at another pubctl revision (`status`: `wrong_revision`).",
                 "Error" if get else None,
                 ("Retry-After",),
             ),
