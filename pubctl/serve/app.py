@@ -629,10 +629,16 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         revision, feed_id, last_rev = row[:3]
         if feed_id is not None:
             server.metrics.head(str(feed_id), last_rev)
-            notifier = server.notifier
-            if notifier is not None and notifier.head != _head(row):
+            notifier, listener = server.notifier, server.listener
+            if (
+                notifier is not None
+                and listener is not None
+                and listener.connected
+                and notifier.head != _head(row)
+            ):
                 # Another head than the one pages are kept for (a reinstall, a migration
                 # no notification told): read it again, which drops them if it holds.
+                # (With the listener away nothing is kept; its return re-reads the head.)
                 notifier.hint()
         listener = server.listener
         details: dict[str, Any] = {
