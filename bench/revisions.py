@@ -73,6 +73,31 @@ def _noop_update(url: str) -> float:
         )
 
 
+def _bulk_update(url: str) -> float:
+    """UPDATE of body and explanation of every question, the outbox drained and vacuumed
+    first (its normal state)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE pub.outbox")
+        conn.execute("VACUUM study_question, pub.outbox")
+        conn.execute("CHECKPOINT")
+        return write_path._timed(
+            conn,
+            ["UPDATE study_question SET body = body || '.', explanation = explanation || '.'"],
+        )
+
+
+def _set_based_projection(url: str) -> float:
+    """Every question's items projected into the outbox in one statement: a backfill
+    page over the whole table."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE pub.outbox")
+        conn.execute("CHECKPOINT")
+        return write_path._timed(
+            conn,
+            ["SELECT pub.backfill_page('study_question', NULL, 1000000, false, false)"],
+        )
+
+
 def _single_row_tps(url: str) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         # New ids after the ones the bulk insert gave explicitly.
@@ -118,6 +143,8 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
         "bulk insert": _bulk_insert,
         "insert after update": _insert_after_update,
         "no-op update": _noop_update,
+        "bulk update": _bulk_update,
+        "set-based projection": _set_based_projection,
         "single-row tps": _single_row_tps,
     }
     results: dict[str, dict[str, list[float]]] = {f: {"previous": [], "head": []} for f in figures}
@@ -143,5 +170,10 @@ def run(url: str, rows: int) -> list[tuple[str, str]]:
             ratio("insert after update"),
         ),
         (f"no-op update {rows} rows: time {head} / {previous}", ratio("no-op update")),
+        (f"bulk UPDATE {rows} rows: time {head} / {previous}", ratio("bulk update")),
+        (
+            f"set-based projection of {rows} rows: time {head} / {previous}",
+            ratio("set-based projection"),
+        ),
         (f"single-row inserts: tps {head} / {previous}", ratio("single-row tps")),
     ]

@@ -130,9 +130,7 @@ $$;
 
 -- Grants that the migrating role's default privileges put on objects of pub this
 -- transaction created or replaced (their catalog row is this transaction's), other
--- than the documented ones of pubctl_capture and the ones any role may hold (EXECUTE
--- on pub.feed, ...): a migration that creates pub.feed again gives its readers their
--- grants back, and cannot tell them from a default privilege's.
+-- than the documented ones of pubctl_capture.
 CREATE FUNCTION pub.default_privilege_grants()
     RETURNS TABLE (object text, kind text, grantee text, privilege text)
     LANGUAGE sql STABLE
@@ -169,10 +167,9 @@ BEGIN ATOMIC
       AND a.grantee <> f.owner
       AND NOT EXISTS (SELECT FROM pub.documented_privileges() AS d
                       WHERE d.object = f.object AND d.privilege = a.privilege_type
-                        AND (d.grantee IN ('pubctl_capture', 'PUBLIC')
-                             AND d.grantee = CASE WHEN a.grantee = 0 THEN 'PUBLIC'
-                                                  ELSE a.grantee::pg_catalog.regrole::text END
-                             OR d.grantee = '*' AND a.grantee <> 0));
+                        AND d.grantee IN ('pubctl_capture', 'PUBLIC')
+                        AND d.grantee = CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                             ELSE a.grantee::pg_catalog.regrole::text END);
 END;
 
 REVOKE ALL ON FUNCTION pub.revoke_undocumented_grants() FROM PUBLIC;
