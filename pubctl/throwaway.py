@@ -272,19 +272,7 @@ class ThrowawayPostgres:
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its directory. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            for sig, wait_s in (
-                (signal.SIGINT, 15.0),
-                (signal.SIGQUIT, 5.0),
-                (signal.SIGKILL, 5.0),
-            ):
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(sig)
-                try:
-                    proc.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+        shut_down(proc)
         base, self.base = self.base, None
         if base is not None:
             shutil.rmtree(base, ignore_errors=True)
@@ -301,3 +289,18 @@ class ThrowawayPostgres:
             bindir, self.base / "data", self.base / "sock", self._owner_ids(), self.port
         ):
             raise ThrowawayError(f"port {self.port} was taken while the server restarted")
+
+
+def shut_down(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a postgres server process: a fast shutdown, then an immediate one, then a
+    kill, each given a few seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGINT, 15.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

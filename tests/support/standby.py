@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
-from pubctl.throwaway import SERVER_USER, find_bindir
+from pubctl.throwaway import SERVER_USER, find_bindir, shut_down
 
 READY_TIMEOUT_S = 60.0
 # A hot standby refuses to start with less of these than its primary has.
@@ -241,19 +241,7 @@ class Standby:
     def stop(self) -> None:
         """Stop the standby (fast shutdown) and remove its directory. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            for sig, wait_s in (
-                (signal.SIGINT, 15.0),
-                (signal.SIGQUIT, 5.0),
-                (signal.SIGKILL, 5.0),
-            ):
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(sig)
-                try:
-                    proc.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+        shut_down(proc)
         base, self.base = self.base, None
         if base is not None:
             shutil.rmtree(base, ignore_errors=True)
