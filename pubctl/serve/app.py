@@ -233,7 +233,7 @@ class FeedServer:
         while True:
             await asyncio.sleep(HEAD_CHECK_S)
             if self.notifier is not None and self.listener is not None and self.listener.connected:
-                self.notifier.hint()
+                self.notifier.check()
 
     def _listener_reconnected(self) -> None:
         # Publishes may have gone unheard while it was away: no kept page is trusted.
@@ -342,7 +342,7 @@ class FeedServer:
             # An older snapshot (a read that started before the head moved) is of no
             # concern: the head moved since it started, so it is not kept anyway.
             self._epoch += 1
-            notifier.hint()
+            notifier.check()
         if page.revision != self.config.head_revision:
             raise self._wrong_revision(page.revision)
 
@@ -639,7 +639,7 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
                 # Another head than the one pages are kept for (a reinstall, a migration
                 # no notification told): read it again, which drops them if it holds.
                 # (With the listener away nothing is kept; its return re-reads the head.)
-                notifier.hint()
+                notifier.check()
         listener = server.listener
         details: dict[str, Any] = {
             "revision": revision,

@@ -103,6 +103,8 @@ class Notifier:
         self._read_head = read_head
         self._woken: asyncio.Future[None] | None = None
         self._pending = False
+        # A check asked for (not a notification): read at once, outside the throttle.
+        self._check = False
         self._next_read = -math.inf
         self._task: asyncio.Task[None] | None = None
 
@@ -120,6 +122,20 @@ class Notifier:
         if self.closing:
             return
         self._pending = True
+        self._start()
+
+    def check(self) -> None:
+        """Re-read the head once, outside the throttle of ``hint`` and without moving
+        it: for the server's own periodic check and for reads that found another head.
+        Hints are what notifications send, and only they are throttled; a check that
+        delayed the next notification's re-read would delay every long-poll behind it
+        (a check every 2 s, or a health probe, right before a publish)."""
+        if self.closing:
+            return
+        self._check = True
+        self._start()
+
+    def _start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._reread(), name="pubctl-head")
 
@@ -127,13 +143,16 @@ class Notifier:
         loop = asyncio.get_running_loop()
         retry = self.retry
         try:
-            while self._pending and not self.closing:
-                delay = self._next_read - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                    continue
-                self._pending = False
-                self._next_read = loop.time() + self.interval
+            while (self._pending or self._check) and not self.closing:
+                if self._pending:
+                    delay = self._next_read - loop.time()
+                    if delay > 0 and not self._check:
+                        await asyncio.sleep(delay)
+                        continue
+                    if delay <= 0:
+                        self._pending = False
+                        self._next_read = loop.time() + self.interval
+                self._check = False
                 try:
                     head = await self._read_head()
                 except Exception as exc:

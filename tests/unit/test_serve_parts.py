@@ -176,6 +176,38 @@ def test_notifications_are_hints_rereads_are_throttled_and_nobody_wakes_for_noth
     asyncio.run(scenario())
 
 
+def test_a_check_never_delays_the_next_notifications_reread() -> None:
+    """The server's own checks (every few seconds, or a read that found another head)
+    re-read the head outside the throttle: a publish notified right after one is read
+    at once, not an interval later (which every long-poll would wait for)."""
+
+    async def scenario() -> None:
+        reads: list[float] = []
+        heads = [Head("f", 5)]
+        notifier = Notifier(lambda: _head_of(heads, reads), interval=0.5)
+        loop = asyncio.get_running_loop()
+        notifier.check()
+        await asyncio.sleep(0.02)
+        assert len(reads) == 1
+        heads.append(Head("f", 6))
+        hinted = loop.time()
+        notifier.hint()
+        await asyncio.sleep(0.05)
+        assert len(reads) == 2 and reads[1] - hinted < 0.05, reads
+        assert notifier.head == Head("f", 6)
+        # A check while a throttled hint waits is read at once; the hint still gets
+        # its own re-read after the interval.
+        notifier.hint()
+        notifier.check()
+        await asyncio.sleep(0.05)
+        assert len(reads) == 3
+        await asyncio.sleep(0.6)
+        assert len(reads) == 4
+        await notifier.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_failed_reread_is_tried_again() -> None:
     async def scenario() -> None:
         failures = [RuntimeError("down")]
