@@ -117,8 +117,10 @@ class Notifier:
     def hint(self) -> None:
         """Something may have been published (a notification, whatever its payload, or
         a listener that may have missed some): re-read the head soon. A re-read starts
-        at once unless one started less than ``interval`` ago; one always starts after
-        the last hint."""
+        at once unless one that found nothing new started less than ``interval`` ago
+        (forged notifications cost at most one re-read per interval; real publishes,
+        each of which moves the head, are read at once); one always starts after the
+        last hint."""
         if self.closing:
             return
         self._pending = True
@@ -171,16 +173,23 @@ class Notifier:
                     log.warning("the last published rev is read again")
                 retry = self.retry
                 self.fresh = True
-                self.observe(head)
+                if self.observe(head):
+                    # Something was published: the next notification is likely another
+                    # publish, read at once. Only re-reads that found nothing new (a
+                    # notification anyone may send) hold the next one back.
+                    self._next_read = -math.inf
         finally:
             self._task = None
 
-    def observe(self, head: Head) -> None:
+    def observe(self, head: Head) -> bool:
         """The database says ``head`` was last published (read after every change this
-        server was told of): waiters wake if it differs from what they last saw."""
+        server was told of): waiters wake if it differs from what they last saw. True
+        when it did."""
         if head != self.head:
             self.head = head
             self._wake()
+            return True
+        return False
 
     def close(self) -> None:
         """The server is stopping: release every waiter now."""

@@ -163,7 +163,8 @@ def test_notifications_are_hints_rereads_are_throttled_and_nobody_wakes_for_noth
             await asyncio.sleep(0.001)
         burst = len(reads) - 1
         assert 1 <= burst <= 7, burst  # about one per 0.1 s, not one per hint
-        assert all(b - a >= 0.099 for a, b in itertools.pairwise(reads)), reads
+        # (The first re-read found a head where there was none: the next was not held.)
+        assert all(b - a >= 0.099 for a, b in itertools.pairwise(reads[1:])), reads
         await asyncio.sleep(0.3)
         assert len(reads) - 1 <= burst + 1, "one re-read after the last hint at most"
         assert not waiter.done() and notifier.generation == generation, "nothing moved"
@@ -195,14 +196,43 @@ def test_a_check_never_delays_the_next_notifications_reread() -> None:
         await asyncio.sleep(0.05)
         assert len(reads) == 2 and reads[1] - hinted < 0.05, reads
         assert notifier.head == Head("f", 6)
-        # A check while a throttled hint waits is read at once; the hint still gets
-        # its own re-read after the interval.
+        # After a re-read that found nothing new, hints are held back; a check meanwhile
+        # is read at once, and the held hint still gets its own re-read later.
+        notifier.hint()
+        await asyncio.sleep(0.05)
+        assert len(reads) == 3
         notifier.hint()
         notifier.check()
         await asyncio.sleep(0.05)
-        assert len(reads) == 3
-        await asyncio.sleep(0.6)
         assert len(reads) == 4
+        await asyncio.sleep(0.6)
+        assert len(reads) == 5
+        await notifier.stop()
+
+    asyncio.run(scenario())
+
+
+def test_publishes_in_quick_succession_are_each_read_at_once() -> None:
+    """Only re-reads that found nothing new hold the next hint back: a run of real
+    publishes (each moves the head) wakes waiters at once every time."""
+
+    async def scenario() -> None:
+        reads: list[float] = []
+        heads = [Head("f", 5)]
+        notifier = Notifier(lambda: _head_of(heads, reads), interval=0.5)
+        loop = asyncio.get_running_loop()
+        for rev in range(6, 11):
+            heads.append(Head("f", rev))
+            generation, hinted = notifier.generation, loop.time()
+            notifier.hint()
+            assert await notifier.wait_past(generation, 1)
+            assert loop.time() - hinted < 0.05, rev
+        notifier.hint()  # nothing new: read, and the next hint waits the interval
+        await asyncio.sleep(0.05)
+        before = len(reads)
+        notifier.hint()
+        await asyncio.sleep(0.1)
+        assert len(reads) == before, "held back after a re-read that found nothing"
         await notifier.stop()
 
     asyncio.run(scenario())
