@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pubctl import db
+from pubctl.feed import PAGE_MAX_BYTES
 from pubctl.queries import query
 from pubctl.serve import openapi, protocol
 from pubctl.serve.auth import TokenCheck
@@ -77,9 +77,6 @@ POOL_RECONNECT_TIMEOUT_S = 10.0
 # notification, and kept pages must not outlive it by more than this. One pub.health()
 # on the health connection.
 HEAD_CHECK_S = 2.0
-# A page stops before its payloads pass this many bytes (it always holds one item):
-# no page nears the 1 GB a PostgreSQL text value may hold (feed_page_items).
-PAGE_MAX_BYTES = 64 * 2**20
 RETRY_AFTER_UNREACHABLE_S = 5
 RETRY_AFTER_BUSY_S = 1
 JSON = "application/json"
@@ -188,7 +185,6 @@ class FeedServer:
         self._flights: dict[tuple[Any, ...], asyncio.Task[Page]] = {}
         self._empty: dict[tuple[Any, ...], tuple[Page, float]] = {}
         self._empty_generation = 0
-        self.bodies = BodyCache()
         self.waiting = 0
         # Pages without wait, by question, valid for one (head generation, epoch): see
         # _cached_page. The epoch moves when a read finds the database ahead of the
@@ -514,34 +510,6 @@ def replica_details(row: HealthRow) -> dict[str, Any]:
     }
 
 
-class BodyCache:
-    """Encoded bodies by ETag, least recently used first out.
-
-    The ETag is a hash of the page's shape, which tells its items (page.py), so an
-    equal tag means an equal body: many viewers reading the same page (a hot head page,
-    or a crowd catching up from rev 0) pay for its writing once.
-    """
-
-    def __init__(self, max_bytes: int = 64 * 2**20, max_entries: int = 256) -> None:
-        self.max_bytes = max_bytes
-        self.max_entries = max_entries
-        self._bodies: OrderedDict[str, bytes] = OrderedDict()
-        self._bytes = 0
-
-    def body(self, page: Page) -> bytes:
-        cached = self._bodies.get(page.etag)
-        if cached is not None:
-            self._bodies.move_to_end(page.etag)
-            return cached
-        body = page.body
-        self._bodies[page.etag] = body
-        self._bytes += len(body)
-        while self._bytes > self.max_bytes or len(self._bodies) > self.max_entries:
-            _tag, dropped = self._bodies.popitem(last=False)
-            self._bytes -= len(dropped)
-        return body
-
-
 def _if_none_match(header: str | None, etag: str) -> bool:
     if not header:
         return False
@@ -612,7 +580,7 @@ def create_app(config: ServeConfig) -> tuple[Any, FeedServer]:
         if _if_none_match(request.headers.get("if-none-match"), page.etag):
             # The Cache-Control of the 200 it validates (RFC 9110, 15.4.5).
             return Response(status_code=304, headers=headers)
-        return Response(server.bodies.body(page), media_type=JSON, headers=headers)
+        return Response(page.body, media_type=JSON, headers=headers)
 
     async def healthz(_request: Request) -> Response:
         # Its own connection, never the feed's pool (health.py).

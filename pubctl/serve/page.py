@@ -39,9 +39,8 @@ tag is thus a hash of (body format, feed id, after, kinds, item count, ``L``,
 ``has_more``) and of the database's pubctl revision, since a migration may rewrite the
 stored bytes of the same revs without a new rev or feed id: a few words, whatever the
 page's size. ``limit`` is not part of it, nor the byte bound of a page: they change the
-body only through the count and ``has_more``. Equal tags mean
-byte-equal bodies, which is what a strong ETag promises, what the server's body cache
-relies on, and what a CDN or a viewer's ``If-None-Match`` may rely on.
+body only through the count and ``has_more``. Equal tags mean byte-equal bodies, which
+is what a strong ETag promises and what a CDN or a viewer's ``If-None-Match`` relies on.
 """
 
 from __future__ import annotations
