@@ -391,7 +391,7 @@ DECLARE
     was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
     is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
     same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
-    topic_text json;
+    topic_json json;
     previous text := current_setting('pubctl.last_enqueued', true);
     -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
     first_id bigint;
@@ -446,15 +446,15 @@ BEGIN
     END IF;
     first_id := nextval('pub.outbox_id_seq');
     IF is_live THEN
-        topic_text := pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
+        topic_json := pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
     END IF;
     IF same_id OR NOT was_live THEN
         -- The item itself: its new payload, or its tombstone.
         INSERT INTO pub.outbox
             (id, kind, source_id, payload, payload_hash, schema_version, deleted)
         OVERRIDING SYSTEM VALUE
-        VALUES (first_id, 'topic', NEW.id, pub.outbox_payload(topic_text),
-                pub.outbox_payload_hash(topic_text), pub.schema_version(), topic_text IS NULL);
+        VALUES (first_id, 'topic', NEW.id, pub.outbox_payload(topic_json),
+                pub.outbox_payload_hash(topic_json), pub.schema_version(), topic_json IS NULL);
     ELSIF NOT is_live THEN
         -- A new id is a new item: the old one ends (the new one was never live).
         INSERT INTO pub.outbox
@@ -470,8 +470,8 @@ BEGIN
         OVERRIDING SYSTEM VALUE
         VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
                 pub.outbox_payload_hash(NULL), pub.schema_version(), true),
-               (second_id, 'topic', NEW.id, pub.outbox_payload(topic_text),
-                pub.outbox_payload_hash(topic_text), pub.schema_version(), false);
+               (second_id, 'topic', NEW.id, pub.outbox_payload(topic_json),
+                pub.outbox_payload_hash(topic_json), pub.schema_version(), false);
     END IF;
     IF COALESCE(previous, '') = '' THEN
         PERFORM pub.notify_outbox();
@@ -515,8 +515,8 @@ DECLARE
          AND (NOT same_id OR NOT explanation_was_live
               OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
         OR (same_id AND explanation_was_live AND NOT explanation_is_live);
-    question_text json;
-    explanation_text json;
+    question_json json;
+    explanation_json json;
     previous text := current_setting('pubctl.last_enqueued', true);
     -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
     ids bigint[];
@@ -571,12 +571,12 @@ BEGIN
         RETURN NULL;
     END IF;
     IF question_changes THEN
-        question_text := pub.question_canonical(
+        question_json := pub.question_canonical(
             NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
             NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
     END IF;
     IF explanation_changes THEN
-        explanation_text := pub.explanation_canonical(
+        explanation_json := pub.explanation_canonical(
             NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
     END IF;
     IF NOT same_id THEN
@@ -586,8 +586,8 @@ BEGIN
             SELECT i.n, i.kind, i.source_id, i.canonical
             FROM (VALUES (1, 'question', OLD.id::bigint, NULL::json, question_was_live),
                          (2, 'explanation', OLD.id::bigint, NULL::json, explanation_was_live),
-                         (3, 'question', NEW.id::bigint, question_text, question_changes),
-                         (4, 'explanation', NEW.id::bigint, explanation_text,
+                         (3, 'question', NEW.id::bigint, question_json, question_changes),
+                         (4, 'explanation', NEW.id::bigint, explanation_json,
                           explanation_changes))
                  AS i(n, kind, source_id, canonical, wanted)
             WHERE i.wanted
@@ -610,28 +610,28 @@ BEGIN
         INSERT INTO pub.outbox
             (id, kind, source_id, payload, payload_hash, schema_version, deleted)
         OVERRIDING SYSTEM VALUE
-        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_text),
-                pub.outbox_payload_hash(question_text), pub.schema_version(),
-                question_text IS NULL),
-               (ids[2], 'explanation', NEW.id, pub.outbox_payload(explanation_text),
-                pub.outbox_payload_hash(explanation_text), pub.schema_version(),
-                explanation_text IS NULL);
+        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_json),
+                pub.outbox_payload_hash(question_json), pub.schema_version(),
+                question_json IS NULL),
+               (ids[2], 'explanation', NEW.id, pub.outbox_payload(explanation_json),
+                pub.outbox_payload_hash(explanation_json), pub.schema_version(),
+                explanation_json IS NULL);
     ELSIF question_changes THEN
         ids := ARRAY[nextval('pub.outbox_id_seq')];
         INSERT INTO pub.outbox
             (id, kind, source_id, payload, payload_hash, schema_version, deleted)
         OVERRIDING SYSTEM VALUE
-        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_text),
-                pub.outbox_payload_hash(question_text), pub.schema_version(),
-                question_text IS NULL);
+        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_json),
+                pub.outbox_payload_hash(question_json), pub.schema_version(),
+                question_json IS NULL);
     ELSE
         ids := ARRAY[nextval('pub.outbox_id_seq')];
         INSERT INTO pub.outbox
             (id, kind, source_id, payload, payload_hash, schema_version, deleted)
         OVERRIDING SYSTEM VALUE
-        VALUES (ids[1], 'explanation', NEW.id, pub.outbox_payload(explanation_text),
-                pub.outbox_payload_hash(explanation_text), pub.schema_version(),
-                explanation_text IS NULL);
+        VALUES (ids[1], 'explanation', NEW.id, pub.outbox_payload(explanation_json),
+                pub.outbox_payload_hash(explanation_json), pub.schema_version(),
+                explanation_json IS NULL);
     END IF;
     IF COALESCE(previous, '') = '' THEN
         PERFORM pub.notify_outbox();
