@@ -35,13 +35,16 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# A new migration script from alembic/script.py.mako, on top of the head:
-#   make revision ID=0102 NAME=add_exam_label
+# A new migration script from alembic/script.py.mako, on top of the head, with its
+# frozen SQL: what the definition (pubctl/sources.py) changed since the rendered schema
+# files, which it renders again:
+#   make revision ID=0106 NAME=add_exam_label
 revision: $(STAMP)
-	@test -n "$(ID)" -a -n "$(NAME)" || { echo "usage: make revision ID=0102 NAME=what_it_does" >&2; exit 2; }
+	@test -n "$(ID)" -a -n "$(NAME)" || { echo "usage: make revision ID=0106 NAME=what_it_does" >&2; exit 2; }
 	$(BIN)/python -c "import sys; from alembic import command; from alembic.config import Config; \
 		c = Config(); c.set_main_option('script_location', 'alembic'); \
 		command.revision(c, message=sys.argv[2], rev_id=sys.argv[1])" "$(ID)" "$(NAME)"
+	$(BIN)/python -m pubctl.revision_sql alembic/versions/$(ID)_$(NAME)
 
 # The bench extra (matplotlib) draws bench/write_path.png after the scenarios.
 bench: $(STAMP)

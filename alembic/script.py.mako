@@ -1,7 +1,8 @@
 """${message}
 
-Its SQL is frozen beside it: NNNN_name.up.sql and NNNN_name.down.sql (write both; see
-README.md, "Writing a migration").
+Its SQL is frozen beside it: NNNN_name.up.sql and NNNN_name.down.sql (`make revision`
+writes what the definition in pubctl/sources.py changed; add what else this revision
+changes: README.md, "Writing a migration").
 
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}

@@ -14,7 +14,7 @@ import psycopg
 from pubctl.errors import NotMigratedError, SchemaNewerError
 from pubctl.queries import query
 
-REVISIONS = ("0100", "0101", "0102", "0103", "0104")
+REVISIONS = ("0100", "0101", "0102", "0103", "0104", "0105")
 HEAD = REVISIONS[-1]
 # The revision that creates the published state (pub.content): going below it drops
 # what viewers read, coming back creates it anew under another feed identity.

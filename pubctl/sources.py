@@ -1,15 +1,18 @@
-"""The sources: the application's tables pubctl publishes from, and what each publishes.
+"""The definition of what pubctl publishes: the application's tables, the kinds each
+row publishes, and each kind's payload. Everything else is derived from it.
 
-This is the one place that knows, on the Python side, which tables exist, which kinds
-each publishes, which columns the projection reads (with the types it accepts) and the
-name a backfill uses for it. The SQL side holds the same columns in
-``pub.source_columns`` (``sql/schema/20_projection.sql``; a test holds the two equal).
-Adding a kind or a projected column also touches the SQL projection and capture, the
-Python reference projection and a migration: docs/operations.md, "Changing a payload",
-lists every place.
+A kind is defined here once. From this definition:
 
-Liveness is each row's own: a row is live while ``deleted_at`` is NULL; a question's
-explanation is live while the question is and ``explanation_status`` is 'ready'.
+* :mod:`pubctl.rendering` renders the SQL that capture, backfill, verify and the shape
+  checks run (the payload row types, the projection and liveness functions, the
+  capture triggers, the feed's per-kind branches), which ``make revision`` freezes into
+  a migration; a test holds the head schema equal to the rendering;
+* the reference projection (:mod:`pubctl.projection`) reads the same fields and rules
+  and implements them on its own, in Python;
+* the CLI, ``serve`` and ``verify`` take their kind and target names from it.
+
+Adding a kind or a field, or renaming a projected column: docs/operations.md,
+"Changing a payload".
 
 It also holds the check ``pubctl migrate`` makes before installing anything
 (:func:`problems`); once installed, the database makes the same check itself
@@ -18,53 +21,127 @@ It also holds the check ``pubctl migrate`` makes before installing anything
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 ID_TYPES = ("smallint", "integer", "bigint")
 INT_TYPES = ("smallint", "integer")
 TEXT_TYPES = ("text", "character varying")
 TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone")
+JSON_STRING_ARRAY = ("jsonb",)
 
 
 @dataclass(frozen=True)
 class Column:
-    """A projected column and the types the projection accepts for it."""
+    """A column the projection reads, and the types it accepts for it.
+
+    ``name`` is what pubctl calls it (in its SQL and in the rows verify reads);
+    ``column`` is its name in the table when that differs (after a rename)."""
 
     name: str
     types: tuple[str, ...]
+    column: str = ""
+
+    @property
+    def column_name(self) -> str:
+        return self.column or self.name
+
+    @property
+    def is_text(self) -> bool:
+        return set(self.types) <= set(TEXT_TYPES)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a kind's payload and the column it publishes.
+
+    The column's types decide the JSON value: an integer column an integer (a bigint
+    one must hold a JSON-safe integer, within +-(2^53-1)), a text column a string, a
+    jsonb column an array of strings. ``nullable``: whether NULL publishes ``null``
+    (otherwise the row breaks the payload rules); a string array is never null."""
+
+    key: str
+    column: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class Kind:
+    """An item kind: its payload fields and when a row's item of it is live.
+
+    Live while every column of ``live_when_null`` is NULL and every (column, text) of
+    ``live_when_equal`` holds that text; otherwise the item is a tombstone."""
+
+    name: str
+    fields: tuple[Field, ...]
+    live_when_null: tuple[str, ...] = ("deleted_at",)
+    live_when_equal: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def liveness_columns(self) -> tuple[str, ...]:
+        return self.live_when_null + tuple(column for column, _ in self.live_when_equal)
 
 
 @dataclass(frozen=True)
 class Source:
-    """One of the application's tables."""
+    """One of the application's tables and the kinds each of its rows publishes."""
 
     table: str
     target: str  # its name on the command line: `pubctl backfill topics`
-    kinds: tuple[str, ...]  # the items each row publishes
-    columns: tuple[Column, ...]
+    columns: tuple[Column, ...]  # the key first
+    publishes: tuple[Kind, ...]  # the first is the row's own kind
+
+    @property
+    def key(self) -> Column:
+        """The key: an integer primary key, every item's source_id."""
+        return self.columns[0]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(kind.name for kind in self.publishes)
 
     @property
     def main_kind(self) -> str:
         """The kind named after the row itself (a question row's question)."""
         return self.kinds[0]
 
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    def renamed(self, name: str, column: str) -> Source:
+        """This source with projected column ``name`` read from table column ``column``."""
+        columns = tuple(
+            replace(c, column="" if column == c.name else column) if c.name == name else c
+            for c in self.columns
+        )
+        return replace(self, columns=columns)
+
 
 TOPICS = Source(
     table="study_topic",
     target="topics",
-    kinds=("topic",),
     columns=(
         Column("id", ID_TYPES),
         Column("name", TEXT_TYPES),
         Column("exam_round_size", INT_TYPES),
         Column("deleted_at", TIMESTAMP_TYPES),
     ),
+    publishes=(
+        Kind(
+            "topic",
+            fields=(
+                Field("topic_id", "id"),
+                Field("name", "name"),
+                Field("exam_round_size", "exam_round_size"),
+            ),
+        ),
+    ),
 )
 QUESTIONS = Source(
     table="study_question",
     target="questions",
-    kinds=("question", "explanation"),
     columns=(
         Column("id", ID_TYPES),
         Column("topic_id", ID_TYPES),
@@ -72,17 +149,76 @@ QUESTIONS = Source(
         Column("exam_round", INT_TYPES),
         Column("number", INT_TYPES),
         Column("body", TEXT_TYPES),
-        Column("choices", ("jsonb",)),
+        Column("choices", JSON_STRING_ARRAY),
         Column("answer", INT_TYPES),
         Column("explanation", TEXT_TYPES),
         Column("explanation_status", TEXT_TYPES),
         Column("deleted_at", TIMESTAMP_TYPES),
     ),
+    publishes=(
+        Kind(
+            "question",
+            fields=(
+                Field("question_id", "id"),
+                Field("topic_id", "topic_id"),
+                Field("exam_name", "exam_name"),
+                Field("exam_round", "exam_round"),
+                Field("number", "number"),
+                Field("body", "body"),
+                Field("choices", "choices", nullable=False),
+                Field("answer", "answer"),
+            ),
+        ),
+        # A ready explanation with NULL text publishes "explanation": null.
+        Kind(
+            "explanation",
+            fields=(Field("question_id", "id"), Field("explanation", "explanation")),
+            live_when_equal=(("explanation_status", "ready"),),
+        ),
+    ),
 )
 
-SOURCES = (TOPICS, QUESTIONS)
-KINDS = tuple(kind for source in SOURCES for kind in source.kinds)
-BY_TABLE = {source.table: source for source in SOURCES}
+
+@dataclass(frozen=True)
+class Definition:
+    """Every source pubctl publishes from, in the order they are installed."""
+
+    sources: tuple[Source, ...]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(kind for source in self.sources for kind in source.kinds)
+
+    def by_table(self) -> dict[str, Source]:
+        return {source.table: source for source in self.sources}
+
+    def renamed(self, table: str, name: str, column: str) -> Definition:
+        """This definition with ``table``'s projected column ``name`` read from ``column``."""
+        return Definition(
+            tuple(s.renamed(name, column) if s.table == table else s for s in self.sources)
+        )
+
+
+STUDY = Definition((TOPICS, QUESTIONS))
+
+
+def _load() -> Definition:
+    """The definition in use: ``STUDY``, or the ``module:attribute`` that
+    PUBCTL_DEFINITION names (a deployment's own kinds, or a test's)."""
+    named = os.environ.get("PUBCTL_DEFINITION", "")
+    if not named:
+        return STUDY
+    module, _, attribute = named.partition(":")
+    found = getattr(importlib.import_module(module), attribute or "DEFINITION")
+    if not isinstance(found, Definition):
+        raise TypeError(f"PUBCTL_DEFINITION={named} is not a pubctl.sources.Definition")
+    return found
+
+
+DEFINITION = _load()
+SOURCES = DEFINITION.sources
+KINDS = DEFINITION.kinds
+BY_TABLE = DEFINITION.by_table()
 BY_TARGET = {source.target: source for source in SOURCES}
 BY_KIND = {kind: source for source in SOURCES for kind in source.kinds}
 
@@ -102,18 +238,18 @@ def problems(rows: list[dict[str, Any]], schema: str) -> list[str]:
             continue
         columns = found[table]
         for column in source.columns:
-            if column.name not in columns:
-                lines.append(f"column {schema}.{table}.{column.name} is missing")
+            if column.column_name not in columns:
+                lines.append(f"column {schema}.{table}.{column.column_name} is missing")
                 continue
-            type_name = str(columns[column.name]["type_name"])
+            type_name = str(columns[column.column_name]["type_name"])
             if type_name not in column.types:
                 lines.append(
-                    f"column {schema}.{table}.{column.name} is {type_name}, expected "
+                    f"column {schema}.{table}.{column.column_name} is {type_name}, expected "
                     + " or ".join(column.types)
                 )
-        key = columns.get("id")
+        key = columns.get(source.key.column_name)
         if key is not None and not key["is_primary_key"]:
-            lines.append(f"column {schema}.{table}.id is not the primary key")
+            lines.append(f"column {schema}.{table}.{source.key.column_name} is not the primary key")
         elif key is not None and key["deferrable_key"]:
             lines.append(
                 f"the primary key of {schema}.{table} is DEFERRABLE: one statement could swap "

@@ -37,8 +37,8 @@ COMMENT ON TABLE pub.unpublished_writers IS
 
 CREATE TABLE pub.leases (
     lock_key   bigint PRIMARY KEY,
-    name       text NOT NULL CHECK (name IN ('worker', 'backfill:study_topic',
-                                              'backfill:study_question')),
+    -- 'worker', or 'backfill:' and a source table
+    name       text NOT NULL CHECK (name = 'worker' OR starts_with(name, 'backfill:')),
     pid        integer NOT NULL,
     started_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -128,7 +128,8 @@ DECLARE
         WHEN 'migrate' THEN to_regclass('pub.alembic_version')
     END;
 BEGIN
-    IF name IN ('worker', 'backfill:study_topic', 'backfill:study_question') THEN
+    IF name = 'worker'
+       OR (starts_with(name, 'backfill:') AND pub.source_kinds(substr(name, 10)) IS NOT NULL) THEN
         RETURN QUERY
         SELECT l.pid, 'lease'::text, true, NULL::text
         FROM pub.leases AS l

@@ -120,6 +120,10 @@ $$;
 
 REVOKE ALL ON FUNCTION pub.capture_current_items(text, text[], bigint[]) FROM PUBLIC;
 
+-- The capture functions of each source, pub.capture_<kind>_insert, _delete and
+-- _update, and their triggers are rendered from the definition in pubctl/sources.py
+-- (25_kinds.sql and 55_kinds_attach.sql), one set per source table, in the design below.
+--
 -- The statement triggers write one INSERT ... SELECT per kind from the transition
 -- table. Each SELECT filters on liveness and computes the canonical text in a
 -- subquery kept apart by OFFSET 0, so that the text is built once per row although
@@ -127,235 +131,7 @@ REVOKE ALL ON FUNCTION pub.capture_current_items(text, text[], bigint[]) FROM PU
 -- VALUES list of kinds measured 1.45x slower on a 100k-row insert.) The shape check is
 -- a one-time filter over the first row of the transition table: it runs before the
 -- subquery reads any column, and costs no catalog access.
-
-CREATE FUNCTION pub.capture_topic_insert() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
-        RETURN NULL;
-    END IF;
-    IF pg_trigger_depth() > 1 THEN
-        -- Run by another trigger: later UPDATE captures read the current state.
-        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
-    END IF;
-    -- Has this transaction updated or deleted rows of this table (or can it not tell:
-    -- without track_counts the counters stay at 0)? Then a row of this statement may
-    -- have changed since the transition table recorded it (see the header). Built-in
-    -- calls in the IF itself: a SQL function here would cost an executor start per
-    -- statement, a tenth of a single-row INSERT's time.
-    IF current_setting('track_counts') <> 'on'
-       OR pg_stat_get_xact_tuples_updated(TG_RELID)
-          + pg_stat_get_xact_tuples_deleted(TG_RELID) > 0 THEN
-        -- Rows may have changed since they were inserted: their current state. The
-        -- columns' types are checked before any is read (as on the fast path).
-        PERFORM pub.require_source(TG_TABLE_NAME);
-        IF cardinality(pub.capture_current_items(TG_TABLE_NAME,
-               ARRAY(SELECT 'topic' FROM new_rows AS r WHERE pub.topic_is_live(r.deleted_at)),
-               ARRAY(SELECT r.id::bigint FROM new_rows AS r
-                     WHERE pub.topic_is_live(r.deleted_at)))) > 0 THEN
-            PERFORM pub.notify_outbox();
-        END IF;
-        RETURN NULL;
-    END IF;
-    -- A row inserted already deleted was never published: nothing to tombstone.
-    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-    SELECT 'topic', i.source_id, pub.outbox_payload(i.canonical),
-           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
-    FROM (SELECT r.id::bigint,
-                 pub.topic_canonical(r.id, r.name, r.exam_round_size, r.deleted_at)
-          FROM new_rows AS r
-          WHERE pub.topic_is_live(r.deleted_at)
-          OFFSET 0) AS i(source_id, canonical)
-    WHERE (SELECT pub.require_topic_shape(pg_typeof(t.id), pg_typeof(t.name),
-                                          pg_typeof(t.exam_round_size), pg_typeof(t.deleted_at))
-           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
-    IF FOUND THEN
-        PERFORM pub.notify_outbox();
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE FUNCTION pub.capture_question_insert() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    enqueued boolean;
-    kinds text[];
-    ids bigint[];
-BEGIN
-    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
-        RETURN NULL;
-    END IF;
-    IF pg_trigger_depth() > 1 THEN
-        -- Run by another trigger: later UPDATE captures read the current state.
-        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
-    END IF;
-    -- Has this transaction updated or deleted rows of this table (or can it not tell:
-    -- without track_counts the counters stay at 0)? Then a row of this statement may
-    -- have changed since the transition table recorded it (see the header). Built-in
-    -- calls in the IF itself: a SQL function here would cost an executor start per
-    -- statement, a tenth of a single-row INSERT's time.
-    IF current_setting('track_counts') <> 'on'
-       OR pg_stat_get_xact_tuples_updated(TG_RELID)
-          + pg_stat_get_xact_tuples_deleted(TG_RELID) > 0 THEN
-        -- Rows may have changed since they were inserted: their current state. The
-        -- columns' types are checked before any is read (as on the fast path).
-        PERFORM pub.require_source(TG_TABLE_NAME);
-        SELECT array_agg(i.kind), array_agg(i.source_id) INTO kinds, ids
-        FROM new_rows AS r
-        CROSS JOIN LATERAL (VALUES ('question', pub.question_is_live(r.deleted_at)),
-                                   ('explanation', pub.explanation_is_live(
-                                        r.deleted_at, r.explanation_status))) AS k(kind, live),
-             LATERAL (SELECT k.kind, r.id::bigint) AS i(kind, source_id)
-        WHERE k.live;
-        IF cardinality(pub.capture_current_items(TG_TABLE_NAME, kinds, ids)) > 0 THEN
-            PERFORM pub.notify_outbox();
-        END IF;
-        RETURN NULL;
-    END IF;
-    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-    SELECT 'question', i.source_id, pub.outbox_payload(i.canonical),
-           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
-    FROM (SELECT r.id::bigint,
-                 pub.question_canonical(r.id, r.topic_id, r.exam_name, r.exam_round, r.number,
-                                        r.body, r.choices, r.answer, r.deleted_at)
-          FROM new_rows AS r
-          WHERE pub.question_is_live(r.deleted_at)
-          OFFSET 0) AS i(source_id, canonical)
-    WHERE (SELECT pub.require_question_shape(
-                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
-                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
-                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
-                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
-           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
-    enqueued := FOUND;
-    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-    SELECT 'explanation', i.source_id, pub.outbox_payload(i.canonical),
-           pub.outbox_payload_hash(i.canonical), pub.schema_version(), false
-    FROM (SELECT r.id::bigint,
-                 pub.explanation_canonical(r.id, r.explanation, r.explanation_status,
-                                           r.deleted_at)
-          FROM new_rows AS r
-          WHERE pub.explanation_is_live(r.deleted_at, r.explanation_status)
-          OFFSET 0) AS i(source_id, canonical)
-    WHERE (SELECT pub.require_question_shape(
-                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
-                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
-                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
-                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
-           FROM new_rows AS t LIMIT 1) IS NOT FALSE;
-    IF enqueued OR FOUND THEN
-        PERFORM pub.notify_outbox();
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
--- Only items that were live need a tombstone: a row that stays deleted adds nothing.
-CREATE FUNCTION pub.capture_topic_delete() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
-        RETURN NULL;
-    END IF;
-    IF pg_trigger_depth() > 1 THEN
-        -- Run by another trigger: later UPDATE captures read the current state.
-        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
-    END IF;
-    -- Has this transaction inserted or updated rows of this table (or can it not tell)?
-    -- Then an id this statement deleted may hold another row by now (see the header).
-    IF current_setting('track_counts') <> 'on'
-       OR pg_stat_get_xact_tuples_inserted(TG_RELID)
-          + pg_stat_get_xact_tuples_updated(TG_RELID) > 0 THEN
-        -- An id may hold another row by now (moved or inserted there): its current state.
-        -- The columns' types are checked before any is read (as on the fast path).
-        PERFORM pub.require_source(TG_TABLE_NAME);
-        IF cardinality(pub.capture_current_items(TG_TABLE_NAME,
-               ARRAY(SELECT 'topic' FROM old_rows AS r WHERE pub.topic_is_live(r.deleted_at)),
-               ARRAY(SELECT r.id::bigint FROM old_rows AS r
-                     WHERE pub.topic_is_live(r.deleted_at)))) > 0 THEN
-            PERFORM pub.notify_outbox();
-        END IF;
-        RETURN NULL;
-    END IF;
-    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-    SELECT 'topic', r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
-           pub.schema_version(), true
-    FROM old_rows AS r
-    WHERE pub.topic_is_live(r.deleted_at)
-      AND (SELECT pub.require_topic_shape(pg_typeof(t.id), pg_typeof(t.name),
-                                          pg_typeof(t.exam_round_size), pg_typeof(t.deleted_at))
-           FROM old_rows AS t LIMIT 1) IS NOT FALSE;
-    IF FOUND THEN
-        PERFORM pub.notify_outbox();
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE FUNCTION pub.capture_question_delete() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    kinds text[];
-    ids bigint[];
-BEGIN
-    IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
-        RETURN NULL;
-    END IF;
-    IF pg_trigger_depth() > 1 THEN
-        -- Run by another trigger: later UPDATE captures read the current state.
-        PERFORM set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
-    END IF;
-    -- Has this transaction inserted or updated rows of this table (or can it not tell)?
-    -- Then an id this statement deleted may hold another row by now (see the header).
-    IF current_setting('track_counts') <> 'on'
-       OR pg_stat_get_xact_tuples_inserted(TG_RELID)
-          + pg_stat_get_xact_tuples_updated(TG_RELID) > 0 THEN
-        -- An id may hold another row by now (moved or inserted there): its current state.
-        -- The columns' types are checked before any is read (as on the fast path).
-        PERFORM pub.require_source(TG_TABLE_NAME);
-        SELECT array_agg(i.kind), array_agg(i.source_id) INTO kinds, ids
-        FROM old_rows AS r
-        CROSS JOIN LATERAL (VALUES ('question', pub.question_is_live(r.deleted_at)),
-                                   ('explanation', pub.explanation_is_live(
-                                        r.deleted_at, r.explanation_status))) AS k(kind, live),
-             LATERAL (SELECT k.kind, r.id::bigint) AS i(kind, source_id)
-        WHERE k.live;
-        IF cardinality(pub.capture_current_items(TG_TABLE_NAME, kinds, ids)) > 0 THEN
-            PERFORM pub.notify_outbox();
-        END IF;
-        RETURN NULL;
-    END IF;
-    INSERT INTO pub.outbox (kind, source_id, payload, payload_hash, schema_version, deleted)
-    SELECT k.kind, r.id, pub.outbox_payload(NULL), pub.outbox_payload_hash(NULL),
-           pub.schema_version(), true
-    FROM old_rows AS r
-    CROSS JOIN (VALUES ('question'), ('explanation')) AS k(kind)
-    WHERE CASE k.kind
-              WHEN 'question' THEN pub.question_is_live(r.deleted_at)
-              ELSE pub.explanation_is_live(r.deleted_at, r.explanation_status)
-          END
-      AND (SELECT pub.require_question_shape(
-                      pg_typeof(t.id), pg_typeof(t.topic_id), pg_typeof(t.exam_name),
-                      pg_typeof(t.exam_round), pg_typeof(t.number), pg_typeof(t.body),
-                      pg_typeof(t.choices), pg_typeof(t.answer), pg_typeof(t.explanation),
-                      pg_typeof(t.explanation_status), pg_typeof(t.deleted_at))
-           FROM old_rows AS t LIMIT 1) IS NOT FALSE;
-    IF FOUND THEN
-        PERFORM pub.notify_outbox();
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
+--
 -- The UPDATE triggers run once per changed row, so every query they run costs per row
 -- (about 20 us each: a query's plan state is rebuilt on every execution). They build
 -- the canonical texts in PL/pgSQL expressions, whose state lives for the transaction,
@@ -379,269 +155,6 @@ $$;
 --   harmless. The setting also tells that this transaction has already woken the
 --   applier (one notification per row would be a query per row).
 
-CREATE FUNCTION pub.capture_topic_update() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    -- Before any column is read (pub.require_topic_shape); OLD has NEW's row type.
-    shape_ok constant boolean := pub.require_topic_shape(
-        pg_typeof(NEW.id), pg_typeof(NEW.name), pg_typeof(NEW.exam_round_size),
-        pg_typeof(NEW.deleted_at));
-    was_live constant boolean := pub.topic_is_live(OLD.deleted_at);
-    is_live constant boolean := pub.topic_is_live(NEW.deleted_at);
-    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
-    topic_json json;
-    previous text := current_setting('pubctl.last_enqueued', true);
-    -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
-    first_id bigint;
-    second_id bigint;
-    ids bigint[];
-    noted text;
-BEGIN
-    IF same_id AND NOT (was_live IS DISTINCT FROM is_live
-                        OR (is_live AND ((OLD.name COLLATE "C"), OLD.exam_round_size)
-                                        IS DISTINCT FROM ((NEW.name COLLATE "C"),
-                                                          NEW.exam_round_size))) THEN
-        RETURN NULL;  -- nothing published changed (deleted_at moved, say)
-    END IF;
-    IF NOT same_id AND NOT was_live AND NOT is_live THEN
-        RETURN NULL;  -- a key change of a row deleted before and after
-    END IF;
-    IF current_setting('pubctl.publishing_on_in', true)
-       IS DISTINCT FROM pg_current_xact_id()::text THEN
-        IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
-            RETURN NULL;
-        END IF;
-        noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
-    END IF;
-    IF starts_with(previous, 'topic:' || OLD.id || ':')
-       AND previous ~ '^[a-z]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
-        -- Superseded: this transaction's own rows of the items written below.
-        DELETE FROM pub.outbox AS o
-        WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
-          AND o.kind = 'topic'
-          AND ((o.source_id = NEW.id AND (same_id OR is_live))
-               OR (NOT same_id AND o.source_id = OLD.id AND was_live))
-          AND o.xmin = pg_current_xact_id()::xid;
-    END IF;
-    IF pg_trigger_depth() > 1 THEN
-        noted := set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
-    END IF;
-    IF current_setting('pubctl.nested_capture_in', true) = pg_current_xact_id()::text THEN
-        -- A statement run by a trigger may have changed the row since: its current state
-        -- (see the header).
-        ids := pub.capture_current_items('study_topic',
-            CASE WHEN same_id OR NOT was_live OR NOT is_live THEN '{topic}'::text[]
-                 ELSE '{topic,topic}' END,
-            CASE WHEN same_id OR NOT was_live THEN ARRAY[NEW.id::bigint]
-                 WHEN NOT is_live THEN ARRAY[OLD.id::bigint]
-                 ELSE ARRAY[OLD.id::bigint, NEW.id::bigint] END);
-        IF COALESCE(previous, '') = '' THEN
-            PERFORM pub.notify_outbox();
-        END IF;
-        noted := set_config('pubctl.last_enqueued',
-            'topic:' || NEW.id || ':' || array_to_string(ids, ','), true);
-        RETURN NULL;
-    END IF;
-    first_id := nextval('pub.outbox_id_seq');
-    IF is_live THEN
-        topic_json := pub.topic_canonical(NEW.id, NEW.name, NEW.exam_round_size, NEW.deleted_at);
-    END IF;
-    IF same_id OR NOT was_live THEN
-        -- The item itself: its new payload, or its tombstone.
-        INSERT INTO pub.outbox
-            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
-        OVERRIDING SYSTEM VALUE
-        VALUES (first_id, 'topic', NEW.id, pub.outbox_payload(topic_json),
-                pub.outbox_payload_hash(topic_json), pub.schema_version(), topic_json IS NULL);
-    ELSIF NOT is_live THEN
-        -- A new id is a new item: the old one ends (the new one was never live).
-        INSERT INTO pub.outbox
-            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
-        OVERRIDING SYSTEM VALUE
-        VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
-                pub.outbox_payload_hash(NULL), pub.schema_version(), true);
-    ELSE
-        -- A new id is a new item: the old one ends, the new one begins.
-        second_id := nextval('pub.outbox_id_seq');
-        INSERT INTO pub.outbox
-            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
-        OVERRIDING SYSTEM VALUE
-        VALUES (first_id, 'topic', OLD.id, pub.outbox_payload(NULL),
-                pub.outbox_payload_hash(NULL), pub.schema_version(), true),
-               (second_id, 'topic', NEW.id, pub.outbox_payload(topic_json),
-                pub.outbox_payload_hash(topic_json), pub.schema_version(), false);
-    END IF;
-    IF COALESCE(previous, '') = '' THEN
-        PERFORM pub.notify_outbox();
-    END IF;
-    noted := set_config('pubctl.last_enqueued',
-        concat_ws(',', 'topic:' || NEW.id || ':' || first_id, second_id), true);
-    RETURN NULL;
-END;
-$$;
-
-CREATE FUNCTION pub.capture_question_update() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    -- Before any column is read (pub.require_question_shape); OLD has NEW's row type.
-    shape_ok constant boolean := pub.require_question_shape(
-        pg_typeof(NEW.id), pg_typeof(NEW.topic_id), pg_typeof(NEW.exam_name),
-        pg_typeof(NEW.exam_round), pg_typeof(NEW.number), pg_typeof(NEW.body),
-        pg_typeof(NEW.choices), pg_typeof(NEW.answer), pg_typeof(NEW.explanation),
-        pg_typeof(NEW.explanation_status), pg_typeof(NEW.deleted_at));
-    question_was_live constant boolean := pub.question_is_live(OLD.deleted_at);
-    question_is_live constant boolean := pub.question_is_live(NEW.deleted_at);
-    explanation_was_live constant boolean :=
-        pub.explanation_is_live(OLD.deleted_at, OLD.explanation_status);
-    explanation_is_live constant boolean :=
-        pub.explanation_is_live(NEW.deleted_at, NEW.explanation_status);
-    same_id constant boolean := OLD.id IS NOT DISTINCT FROM NEW.id;
-    -- The new id's items to write: a live item whose payload or liveness changed (all of
-    -- them after a key change), and, under the same id, items that stopped being live.
-    question_changes constant boolean :=
-        (question_is_live
-         AND (NOT same_id OR NOT question_was_live
-              OR (OLD.topic_id, (OLD.exam_name COLLATE "C"), OLD.exam_round, OLD.number,
-                  (OLD.body COLLATE "C"), OLD.choices, OLD.answer)
-                 IS DISTINCT FROM (NEW.topic_id, (NEW.exam_name COLLATE "C"), NEW.exam_round,
-                                   NEW.number, (NEW.body COLLATE "C"), NEW.choices, NEW.answer)))
-        OR (same_id AND question_was_live AND NOT question_is_live);
-    explanation_changes constant boolean :=
-        (explanation_is_live
-         AND (NOT same_id OR NOT explanation_was_live
-              OR (OLD.explanation COLLATE "C") IS DISTINCT FROM (NEW.explanation COLLATE "C")))
-        OR (same_id AND explanation_was_live AND NOT explanation_is_live);
-    question_json json;
-    explanation_json json;
-    previous text := current_setting('pubctl.last_enqueued', true);
-    -- Outbox ids, taken here so that the next UPDATE of this row knows them exactly.
-    ids bigint[];
-    kinds text[];
-    source_ids bigint[];
-    noted text;
-BEGIN
-    IF NOT (question_changes OR explanation_changes)
-       AND (same_id OR NOT (question_was_live OR explanation_was_live)) THEN
-        RETURN NULL;  -- nothing published changed
-    END IF;
-    IF current_setting('pubctl.publishing_on_in', true)
-       IS DISTINCT FROM pg_current_xact_id()::text THEN
-        IF NOT pub.publishing_enabled() AND pub.unpublished_write_allowed() THEN
-            RETURN NULL;
-        END IF;
-        noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
-    END IF;
-    IF starts_with(previous, 'question:' || OLD.id || ':')
-       AND previous ~ '^[a-z]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
-        -- Superseded: this transaction's own rows of the items written below.
-        DELETE FROM pub.outbox AS o
-        WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
-          AND ((o.source_id = NEW.id
-                AND ((o.kind = 'question' AND question_changes)
-                     OR (o.kind = 'explanation' AND explanation_changes)))
-               OR (NOT same_id AND o.source_id = OLD.id
-                   AND ((o.kind = 'question' AND question_was_live)
-                        OR (o.kind = 'explanation' AND explanation_was_live))))
-          AND o.xmin = pg_current_xact_id()::xid;
-    END IF;
-    IF pg_trigger_depth() > 1 THEN
-        noted := set_config('pubctl.nested_capture_in', pg_current_xact_id()::text, true);
-    END IF;
-    IF current_setting('pubctl.nested_capture_in', true) = pg_current_xact_id()::text THEN
-        -- A statement run by a trigger may have changed the row since: its current state
-        -- (see the header), for the same items as below, in the same order.
-        SELECT array_agg(i.kind ORDER BY i.n), array_agg(i.source_id ORDER BY i.n)
-        INTO kinds, source_ids
-        FROM (VALUES (1, 'question', OLD.id::bigint, NOT same_id AND question_was_live),
-                     (2, 'explanation', OLD.id::bigint, NOT same_id AND explanation_was_live),
-                     (3, 'question', NEW.id::bigint, question_changes),
-                     (4, 'explanation', NEW.id::bigint, explanation_changes))
-             AS i(n, kind, source_id, wanted)
-        WHERE i.wanted;
-        ids := pub.capture_current_items('study_question', kinds, source_ids);
-        IF COALESCE(previous, '') = '' THEN
-            PERFORM pub.notify_outbox();
-        END IF;
-        noted := set_config('pubctl.last_enqueued',
-            'question:' || NEW.id || ':' || array_to_string(ids, ','), true);
-        RETURN NULL;
-    END IF;
-    IF question_changes THEN
-        question_json := pub.question_canonical(
-            NEW.id, NEW.topic_id, NEW.exam_name, NEW.exam_round, NEW.number,
-            NEW.body, NEW.choices, NEW.answer, NEW.deleted_at);
-    END IF;
-    IF explanation_changes THEN
-        explanation_json := pub.explanation_canonical(
-            NEW.id, NEW.explanation, NEW.explanation_status, NEW.deleted_at);
-    END IF;
-    IF NOT same_id THEN
-        -- A new id is a new item: the old one ends, the new one begins. Rare: the
-        -- general form, ids in outbox order.
-        WITH wanted AS (
-            SELECT i.n, i.kind, i.source_id, i.canonical
-            FROM (VALUES (1, 'question', OLD.id::bigint, NULL::json, question_was_live),
-                         (2, 'explanation', OLD.id::bigint, NULL::json, explanation_was_live),
-                         (3, 'question', NEW.id::bigint, question_json, question_changes),
-                         (4, 'explanation', NEW.id::bigint, explanation_json,
-                          explanation_changes))
-                 AS i(n, kind, source_id, canonical, wanted)
-            WHERE i.wanted
-        ), numbered AS (
-            SELECT nextval('pub.outbox_id_seq') AS id, w.*
-            FROM (SELECT * FROM wanted ORDER BY n) AS w
-        ), inserted AS (
-            INSERT INTO pub.outbox
-                (id, kind, source_id, payload, payload_hash, schema_version, deleted)
-            OVERRIDING SYSTEM VALUE
-            SELECT i.id, i.kind, i.source_id, pub.outbox_payload(i.canonical),
-                   pub.outbox_payload_hash(i.canonical), pub.schema_version(),
-                   i.canonical IS NULL
-            FROM numbered AS i
-            RETURNING id
-        )
-        SELECT array_agg(r.id ORDER BY r.id) INTO ids FROM inserted AS r;
-    ELSIF question_changes AND explanation_changes THEN
-        ids := ARRAY[nextval('pub.outbox_id_seq'), nextval('pub.outbox_id_seq')];
-        INSERT INTO pub.outbox
-            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
-        OVERRIDING SYSTEM VALUE
-        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_json),
-                pub.outbox_payload_hash(question_json), pub.schema_version(),
-                question_json IS NULL),
-               (ids[2], 'explanation', NEW.id, pub.outbox_payload(explanation_json),
-                pub.outbox_payload_hash(explanation_json), pub.schema_version(),
-                explanation_json IS NULL);
-    ELSIF question_changes THEN
-        ids := ARRAY[nextval('pub.outbox_id_seq')];
-        INSERT INTO pub.outbox
-            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
-        OVERRIDING SYSTEM VALUE
-        VALUES (ids[1], 'question', NEW.id, pub.outbox_payload(question_json),
-                pub.outbox_payload_hash(question_json), pub.schema_version(),
-                question_json IS NULL);
-    ELSE
-        ids := ARRAY[nextval('pub.outbox_id_seq')];
-        INSERT INTO pub.outbox
-            (id, kind, source_id, payload, payload_hash, schema_version, deleted)
-        OVERRIDING SYSTEM VALUE
-        VALUES (ids[1], 'explanation', NEW.id, pub.outbox_payload(explanation_json),
-                pub.outbox_payload_hash(explanation_json), pub.schema_version(),
-                explanation_json IS NULL);
-    END IF;
-    IF COALESCE(previous, '') = '' THEN
-        PERFORM pub.notify_outbox();
-    END IF;
-    noted := set_config('pubctl.last_enqueued',
-        'question:' || NEW.id || ':' || array_to_string(ids, ','), true);
-    RETURN NULL;
-END;
-$$;
-
 -- TRUNCATE fires no row triggers: refused while publishing is on, also for a
 -- transaction whose snapshot still says "off" after `pubctl enable` (see
 -- pub.unpublished_write_allowed, which also makes enable wait for the truncation).
@@ -663,12 +176,6 @@ BEGIN
 END;
 $$;
 
-REVOKE ALL ON FUNCTION pub.capture_topic_insert() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pub.capture_question_insert() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pub.capture_topic_delete() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pub.capture_question_delete() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pub.capture_topic_update() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pub.capture_question_update() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.refuse_truncate() FROM PUBLIC;
 
 -- Everything that would make capture miss writes without failing them, one row each,
@@ -717,7 +224,7 @@ BEGIN
 
     RETURN QUERY
     SELECT s.source, p
-    FROM (VALUES ('study_topic'), ('study_question')) AS s(source),
+    FROM unnest(pub.source_tables()) AS s(source),
          LATERAL pub.source_shape_problems(s.source) AS p;
 
     RETURN QUERY
@@ -772,7 +279,7 @@ BEGIN
     JOIN pg_catalog.pg_class AS c ON c.oid = r.srrelid
     WHERE c.relnamespace = (SELECT n.oid FROM pg_catalog.pg_namespace AS n
                             WHERE n.nspname = app)
-      AND c.relname IN ('study_topic', 'study_question')
+      AND c.relname = ANY (pub.source_tables())
     ORDER BY 1, 2;
 
     IF current_setting('session_replication_role') = 'replica' THEN
@@ -794,68 +301,99 @@ BEGIN
                   CASE WHEN r.rolsuper THEN 'is a superuser' ELSE 'can log in' END)
     FROM pg_catalog.pg_proc AS f
     JOIN pg_catalog.pg_roles AS r ON r.oid = f.proowner
-    WHERE f.oid = 'pub.capture_topic_insert()'::regprocedure
+    WHERE f.oid = 'pub.refuse_truncate()'::regprocedure
       AND r.rolname = 'pubctl_capture' AND (r.rolcanlogin OR r.rolsuper);
 END;
 $$;
 
--- Attach the triggers to the application's tables, in the schema recorded at install,
--- and record their definitions. The WHEN clauses list every projected column (and
--- liveness, not the deleted_at timestamp itself): an UPDATE that changes none of them
--- never calls the function. Text columns compare in the "C" collation, byte for byte:
--- under a nondeterministic collation 'Anatomy' and 'anatomy' would compare equal, and
--- the change would never be published.
-DO $attach$
+-- Attach one capture trigger to a source table, in the schema recorded at install, and
+-- record its definition as Postgres prints it (status and verify compare the catalog
+-- with it). definition is a CREATE OR REPLACE TRIGGER statement whose %I stands for the
+-- application's schema; the rendered triggers (55_kinds_attach.sql) call this. The
+-- WHEN clauses list every projected column (and liveness, not the deleted_at
+-- timestamp itself): an UPDATE that changes none of them never calls the function.
+-- Text columns compare in the "C" collation, byte for byte: under a nondeterministic
+-- collation 'Anatomy' and 'anatomy' would compare equal, and the change would never be
+-- published. For the migrating role alone (it runs as its caller).
+CREATE FUNCTION pub.attach_capture_trigger(source text, trigger_name text, definition text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
-    app name := (SELECT s.app_schema FROM pub.settings s);
+    app name := (SELECT s.app_schema FROM pub.settings AS s);
 BEGIN
-    EXECUTE format($sql$
-        CREATE TRIGGER pub_capture_insert AFTER INSERT ON %1$I.study_topic
-            REFERENCING NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_topic_insert();
-        CREATE TRIGGER pub_capture_update AFTER UPDATE ON %1$I.study_topic
-            FOR EACH ROW
-            WHEN ((OLD.id, OLD.name COLLATE "C", OLD.exam_round_size, OLD.deleted_at IS NULL)
-                  IS DISTINCT FROM
-                  (NEW.id, NEW.name COLLATE "C", NEW.exam_round_size, NEW.deleted_at IS NULL))
-            EXECUTE FUNCTION pub.capture_topic_update();
-        CREATE TRIGGER pub_capture_delete AFTER DELETE ON %1$I.study_topic
-            REFERENCING OLD TABLE AS old_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_topic_delete();
-        CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_topic
-            FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
-
-        CREATE TRIGGER pub_capture_insert AFTER INSERT ON %1$I.study_question
-            REFERENCING NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_question_insert();
-        CREATE TRIGGER pub_capture_update AFTER UPDATE ON %1$I.study_question
-            FOR EACH ROW
-            WHEN ((OLD.id, OLD.topic_id, OLD.exam_name COLLATE "C", OLD.exam_round, OLD.number,
-                   OLD.body COLLATE "C", OLD.choices, OLD.answer, OLD.explanation COLLATE "C",
-                   OLD.explanation_status COLLATE "C", OLD.deleted_at IS NULL)
-                  IS DISTINCT FROM
-                  (NEW.id, NEW.topic_id, NEW.exam_name COLLATE "C", NEW.exam_round, NEW.number,
-                   NEW.body COLLATE "C", NEW.choices, NEW.answer, NEW.explanation COLLATE "C",
-                   NEW.explanation_status COLLATE "C", NEW.deleted_at IS NULL))
-            EXECUTE FUNCTION pub.capture_question_update();
-        CREATE TRIGGER pub_capture_delete AFTER DELETE ON %1$I.study_question
-            REFERENCING OLD TABLE AS old_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_question_delete();
-        CREATE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %1$I.study_question
-            FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate();
-    $sql$, app);
-    INSERT INTO pub.capture_triggers (table_name, trigger_name, definition)
+    EXECUTE format(definition, app);
+    INSERT INTO pub.capture_triggers AS r (table_name, trigger_name, definition)
     SELECT c.relname, t.tgname, pg_catalog.pg_get_triggerdef(t.oid)
     FROM pg_catalog.pg_trigger AS t
     JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-    WHERE n.nspname = app AND c.relname IN ('study_topic', 'study_question')
-      AND t.tgname IN ('pub_capture_insert', 'pub_capture_update', 'pub_capture_delete',
-                       'pub_refuse_truncate');
+    WHERE n.nspname = app AND c.relname = source AND t.tgname = trigger_name
+    ON CONFLICT ON CONSTRAINT capture_triggers_pkey
+        DO UPDATE SET definition = EXCLUDED.definition;
 END;
-$attach$;
+$$;
 
--- Hand the capture functions to the NOLOGIN role pubctl_capture, holding exactly what
+-- Remove a capture trigger and its record (a kind or source no longer defined).
+CREATE FUNCTION pub.detach_capture_trigger(source text, trigger_name text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I.%I', trigger_name,
+                   (SELECT s.app_schema FROM pub.settings AS s), source);
+    DELETE FROM pub.capture_triggers AS r
+    WHERE r.table_name = source AND r.trigger_name = detach_capture_trigger.trigger_name;
+END;
+$$;
+
+-- Who owns what a migration created. Everything in schema pub belongs to the owner of
+-- schema pub, whoever ran the migration: a function a superuser created would otherwise
+-- be the superuser's, and a SECURITY DEFINER one (pub.feed) would then run as the
+-- superuser over tables the schema's owner controls (who could, for one, turn
+-- pub.content into a view that calls code of its own). But capture functions go to
+-- pubctl_capture when this install runs capture as that role (pub.refuse_truncate,
+-- handed to it below, tells). The rendered objects end with a call of it.
+CREATE FUNCTION pub.settle_ownership(capture_functions regprocedure[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner oid := (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'pub');
+    capture oid := (SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolname = 'pubctl_capture');
+    object text;
+BEGIN
+    FOR object IN
+        SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace = 'pub'::regnamespace AND p.proowner <> owner
+          AND p.proowner IS DISTINCT FROM capture
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %s', object, owner::regrole);
+    END LOOP;
+    FOR object IN
+        SELECT t.oid::regtype::text FROM pg_catalog.pg_type AS t
+        WHERE t.typnamespace = 'pub'::regnamespace AND t.typowner <> owner AND t.typtype = 'c'
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_class AS c
+                          WHERE c.oid = t.typrelid AND c.relkind <> 'c')
+    LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO %s', object, owner::regrole);
+    END LOOP;
+    IF (SELECT p.proowner FROM pg_catalog.pg_proc AS p
+        WHERE p.oid = 'pub.refuse_truncate()'::regprocedure) IS DISTINCT FROM capture THEN
+        RETURN;
+    END IF;
+    FOREACH object IN ARRAY capture_functions::text[] LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO pubctl_capture', object);
+    END LOOP;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.attach_capture_trigger(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.detach_capture_trigger(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pub.settle_ownership(regprocedure[]) FROM PUBLIC;
+
+-- Hand capture to the NOLOGIN role pubctl_capture, holding exactly what
 -- capture needs, when this role may create it (superuser or CREATEROLE) or already
 -- belongs to it; otherwise they stay with this role. An existing pubctl_capture that
 -- can log in, or has any right beyond NOLOGIN, is refused: someone could act as it.
@@ -901,12 +439,8 @@ BEGIN
     GRANT EXECUTE ON FUNCTION pub.unpublished_write_allowed(), pub.notify_outbox(),
         pub.capture_current_items(text, text[], bigint[])
         TO pubctl_capture;
-    ALTER FUNCTION pub.capture_topic_insert() OWNER TO pubctl_capture;
-    ALTER FUNCTION pub.capture_question_insert() OWNER TO pubctl_capture;
-    ALTER FUNCTION pub.capture_topic_delete() OWNER TO pubctl_capture;
-    ALTER FUNCTION pub.capture_question_delete() OWNER TO pubctl_capture;
-    ALTER FUNCTION pub.capture_topic_update() OWNER TO pubctl_capture;
-    ALTER FUNCTION pub.capture_question_update() OWNER TO pubctl_capture;
+    -- The rendered capture functions follow (pub.settle_ownership, called at the end
+    -- of 55_kinds_attach.sql).
     ALTER FUNCTION pub.refuse_truncate() OWNER TO pubctl_capture;
 END;
 $owner$;

@@ -51,7 +51,7 @@ BEGIN
         JOIN pg_namespace AS n ON n.oid = c.relnamespace
         WHERE d.classid = 'pg_class'::regclass
           AND n.nspname = (SELECT s.app_schema FROM pub.settings AS s)
-          AND c.relname IN ('study_topic', 'study_question')
+          AND c.relname = ANY (pub.source_tables())
         ORDER BY 1
     LOOP
         broken := ARRAY(SELECT b FROM pub.broken_source_columns(source) AS b
@@ -129,7 +129,7 @@ BEGIN
         EXECUTE FUNCTION pub.guard_projected_columns();
     IF EXISTS (SELECT FROM pg_catalog.pg_proc AS p
                JOIN pg_catalog.pg_roles AS r ON r.oid = p.proowner
-               WHERE p.oid = 'pub.capture_topic_insert()'::pg_catalog.regprocedure
+               WHERE p.oid = 'pub.refuse_truncate()'::pg_catalog.regprocedure
                  AND r.rolname = 'pubctl_capture') THEN
         ALTER FUNCTION pub.guard_projected_columns() OWNER TO pubctl_capture;
     END IF;

@@ -14,7 +14,7 @@
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 CREATE TABLE pub.content (
-    kind           text NOT NULL CHECK (kind IN ('topic', 'question', 'explanation')),
+    kind           text NOT NULL CHECK (pub.is_kind(kind)),  -- the defined kinds
     source_id      bigint NOT NULL,
     pub_id         uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
     rev            bigint NOT NULL UNIQUE,
@@ -29,10 +29,8 @@ CREATE TABLE pub.content (
 COMMENT ON TABLE pub.content IS
     'The published state: one row per item, its newest payload or tombstone and the rev of its last real change. Read it through pub.feed().';
 
--- A feed filtered by kind reads its kinds' ranges of these (see pub.feed).
-CREATE INDEX content_topic_rev_idx ON pub.content (rev) WHERE kind = 'topic';
-CREATE INDEX content_question_rev_idx ON pub.content (rev) WHERE kind = 'question';
-CREATE INDEX content_explanation_rev_idx ON pub.content (rev) WHERE kind = 'explanation';
+-- A feed filtered by kind reads its kinds' ranges of a partial rev index per kind,
+-- content_<kind>_rev_idx (rendered with pub.feed into 55_kinds_attach.sql).
 
 -- The one counter revs come from, across all kinds. A row, not a sequence: it is
 -- transactional, so a failed batch leaves no gap, and updating it is one more
@@ -137,7 +135,8 @@ $$;
 
 REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
 
--- The feed: item changes in rev order, for viewers. SECURITY DEFINER so that a
+-- The feed, pub.feed (rendered into 55_kinds_attach.sql, a branch per kind): item
+-- changes in rev order, for viewers. SECURITY DEFINER so that a
 -- reader role needs nothing but USAGE on schema pub and EXECUTE on this function.
 -- payload is the canonical text as stored (json): its bytes hash to payload_hash.
 --
@@ -149,42 +148,7 @@ REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
 -- Each row is in exactly one of them: the applier writes no more index entries.)
 -- Without kinds it is one range of the rev index. Each branch is switched on or
 -- off by the parameters alone (a one-time filter), so one plan serves every call. The
--- three kinds are the ones pub.content's CHECK constraint allows.
-CREATE FUNCTION pub.feed(after_rev bigint, max_rows integer DEFAULT 1000, kinds text[] DEFAULT NULL)
-    RETURNS TABLE (
-        rev bigint, kind text, pub_id uuid, source_id bigint, payload json,
-        payload_hash text, schema_version integer, deleted boolean
-    )
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    SELECT f.rev, f.kind, f.pub_id, f.source_id, f.payload, f.payload_hash,
-           f.schema_version, f.deleted
-    FROM (
-        (SELECT c.* FROM pub.content AS c
-         WHERE feed.kinds IS NULL AND c.rev > COALESCE(feed.after_rev, 0)
-         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
-        UNION ALL
-        (SELECT c.* FROM pub.content AS c
-         WHERE 'topic' = ANY (feed.kinds) AND c.kind = 'topic'
-           AND c.rev > COALESCE(feed.after_rev, 0)
-         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
-        UNION ALL
-        (SELECT c.* FROM pub.content AS c
-         WHERE 'question' = ANY (feed.kinds) AND c.kind = 'question'
-           AND c.rev > COALESCE(feed.after_rev, 0)
-         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
-        UNION ALL
-        (SELECT c.* FROM pub.content AS c
-         WHERE 'explanation' = ANY (feed.kinds) AND c.kind = 'explanation'
-           AND c.rev > COALESCE(feed.after_rev, 0)
-         ORDER BY c.rev LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0))
-    ) AS f
-    ORDER BY f.rev
-    LIMIT GREATEST(COALESCE(feed.max_rows, 1000), 0);
-END;
-
-REVOKE ALL ON FUNCTION pub.feed(bigint, integer, text[]) FROM PUBLIC;
+-- kinds are the ones pub.content's CHECK constraint allows (pub.is_kind).
 
 -- The identity of the published state (see pub.rev_counter), for feed readers.
 CREATE FUNCTION pub.feed_id() RETURNS uuid

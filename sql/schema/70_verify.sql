@@ -135,19 +135,8 @@ DECLARE
     app name := (SELECT s.app_schema FROM pub.settings s);
     kinds text[] := pub.require_source(source);
     -- "'name', value, ..." for jsonb_build_object: each projected column, as far as
-    -- the row publishes it.
-    published_values text := (
-        SELECT string_agg(format('%L, %s', c.column_name, CASE c.column_name
-                   WHEN 'id' THEN 'r.id'
-                   WHEN 'deleted_at' THEN 'r.deleted_at'
-                   WHEN 'explanation' THEN
-                       'CASE WHEN r.deleted_at IS NULL AND r.explanation_status = ''ready'' '
-                       'THEN r.explanation END'
-                   WHEN 'explanation_status' THEN
-                       'CASE WHEN r.deleted_at IS NULL THEN left(r.explanation_status, 64) END'
-                   ELSE format('CASE WHEN r.deleted_at IS NULL THEN r.%I END', c.column_name)
-               END), ', ')
-        FROM pub.source_columns(source) AS c);
+    -- the row publishes it (rendered from the definition).
+    published_values text := pub.source_row_data_sql(source);
 BEGIN
     RETURN QUERY EXECUTE format($q$
         WITH rows AS MATERIALIZED (

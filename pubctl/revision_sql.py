@@ -1,0 +1,94 @@
+"""Freeze a change of the definition into a migration (what ``make revision`` runs).
+
+The rendered schema files (``sql/schema/25_kinds.sql``, ``55_kinds_attach.sql``) hold
+the objects of the definition as last frozen. :func:`delta` compares them with a new
+rendering and writes the SQL that takes a database from one to the other, object by
+object, and back:
+
+* a function or trigger that changed is replaced in place (CREATE OR REPLACE); one
+  whose parameters changed, and a type or an index that changed, is dropped and
+  created again (a dropped type or function takes the functions that use it along:
+  those are created again after it);
+* an object no longer defined is dropped, after everything new is in place;
+* ownership is settled at the end (``pub.settle_ownership``).
+
+Only what changed appears, so a migration reads as the change it makes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pubctl import rendering, sources
+from pubctl.rendering import ATTACHMENTS, DEFINITIONS, Rendered
+
+SCHEMA = Path(__file__).resolve().parent.parent / "sql" / "schema"
+FILES = {DEFINITIONS: "25_kinds.sql", ATTACHMENTS: "55_kinds_attach.sql"}
+
+
+def frozen_objects(schema: Path = SCHEMA) -> list[Rendered]:
+    """The objects as the schema files hold them."""
+    objects: list[Rendered] = []
+    for part, name in FILES.items():
+        objects += rendering.parse_file((schema / name).read_text(), part)
+    return objects
+
+
+def write_schema_files(objects: list[Rendered], schema: Path = SCHEMA) -> None:
+    for part, name in FILES.items():
+        (schema / name).write_text(rendering.file_text(objects, part))
+
+
+def _head(sql: str) -> str:
+    """What CREATE OR REPLACE cannot change: a function's parameters and result."""
+    return sql[: sql.index(" LANGUAGE ")] if " LANGUAGE " in sql else sql
+
+
+def delta(old: list[Rendered], new: list[Rendered]) -> str:
+    """SQL that takes a database from the ``old`` objects to the ``new`` ones."""
+    before = {o.identity: o for o in old}
+    after = {o.identity: o for o in new}
+    recreated = {
+        o.identity
+        for o in new
+        if o.identity in before
+        and before[o.identity].sql != o.sql
+        and (not o.replaceable or _head(before[o.identity].sql) != _head(o.sql))
+    }
+    # A function or type dropped (CASCADE) takes the functions naming it along.
+    dropped_names = {
+        i.split(" ", 1)[1].split("(")[0] for i in recreated if not i.startswith("index ")
+    }
+    statements = [before[i].drop for i in reversed([o.identity for o in old]) if i in recreated]
+    for o in new:
+        changed = o.identity not in before or before[o.identity].sql != o.sql
+        uses_dropped = o.identity.startswith("function ") and any(
+            name in o.sql for name in dropped_names
+        )
+        if (changed or uses_dropped) and o.identity != "ownership":
+            statements.append(o.sql)
+    statements += [o.drop for o in reversed(old) if o.identity not in after]
+    if len(statements) == 0:
+        return ""
+    ownership = next(o for o in new if o.identity == "ownership")
+    return "\n\n".join(["SET LOCAL search_path = pg_catalog, pg_temp;", *statements, ownership.sql])
+
+
+def main(argv: list[str]) -> int:
+    """Render the definition; write the migration's frozen SQL (``argv``: the
+    migration's path without .py) and the schema files."""
+    base = Path(argv[0])
+    old = frozen_objects()
+    new = rendering.render(sources.DEFINITION)
+    up, down = delta(old, new), delta(new, old)
+    note = "-- Rendered from pubctl/sources.py by `make revision`: what the definition changed.\n"
+    empty = "-- The definition did not change: write what this revision changes.\n"
+    base.with_suffix(".up.sql").write_text(note + up + "\n" if up else empty)
+    base.with_suffix(".down.sql").write_text(note + down + "\n" if down else empty)
+    write_schema_files(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
