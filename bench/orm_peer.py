@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pubctl.migrate import migrate
-from pubctl.projection import SCHEMA_VERSION, question_items
+from pubctl.projection import SCHEMA_VERSION, items_of
 from pubctl.queries import read_sql_file
 
 REPEATS = 3
@@ -137,7 +137,7 @@ def _outbox_rows(question: QuestionColumns) -> list[Outbox]:
             schema_version=SCHEMA_VERSION,
             deleted=False,
         )
-        for item in question_items(row)
+        for item in items_of("study_question", row)
         if item.payload is not None
     ]
 

@@ -33,7 +33,7 @@ from pubctl.shell import (
     refuse_app_schema,
     settings,
 )
-from pubctl.sources import KINDS
+from pubctl.sources import BY_TARGET, KINDS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_APP_SCHEMA = "public"
@@ -208,6 +208,36 @@ def migrate_cmd(
             "the reader's rights (again after a reinstall):\n  "
             + migrate.READER_GRANTS.replace("\n", "\n  ")
         )
+
+
+@command("rename-column")
+@click.argument("table")
+@click.argument("old")
+@click.argument("new")
+@click.option(
+    "--lock-timeout",
+    type=SecondsRange(min=0.01, max=3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the table's lock; writes wait while it is held.",
+)
+def rename_column_cmd(
+    ctx: click.Context, table: str, old: str, new: str, lock_timeout: float
+) -> None:
+    """Rename a projected column of TABLE and the capture that reads it, in one transaction.
+
+    Run it as the role that ran `pubctl migrate`, owning TABLE too (or a superuser).
+    Then name the new column in the definition (docs/operations.md, "Renaming a
+    projected column")."""
+    from pubctl import rename
+
+    refuse_app_schema(ctx)
+    with connection(ctx) as conn:
+        rename.rename_column(conn, table, old, new, lock_timeout)
+    click.echo(
+        f"renamed {table}.{old} to {new}; capture reads {new} (payloads unchanged). Name it "
+        f'in pubctl/sources.py: Column("...", ..., column="{new}")'
+    )
 
 
 # --- status, enable, disable ----------------------------------------------------------
@@ -433,7 +463,7 @@ def feed_cmd(
 
 
 @command("backfill")
-@click.argument("target", type=click.Choice(["topics", "questions", "all"]))
+@click.argument("target", type=click.Choice([*BY_TARGET, "all"]))
 @batch_size_option(5000, "Source rows per page; each page is one transaction.")
 @click.option(
     "--after-id",
@@ -497,7 +527,7 @@ def backfill_cmd(
         include_deleted=include_deleted,
         wait_timeout_s=wait_timeout,
     )
-    targets = ["topics", "questions"] if target == "all" else [target]
+    targets = list(BY_TARGET) if target == "all" else [target]
     reporter = progress.BackfillReporter(live=None if not as_json else False)
     stop = _stop_on_signals()
     with connection(ctx) as conn:

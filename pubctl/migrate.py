@@ -25,7 +25,7 @@ from psycopg import conninfo
 from psycopg.rows import dict_row
 from sqlalchemy.pool import NullPool
 
-from pubctl import db, sources
+from pubctl import db, rename, sources
 from pubctl.errors import MissingSourceError, PubctlError, SchemaNewerError
 from pubctl.holders import LockHolder
 from pubctl.queries import query
@@ -339,7 +339,10 @@ def prepare(connection: sqlalchemy.Connection, attributes: dict[str, Any]) -> No
                 query("source_columns"),
                 {"schema": app_schema, "tables": [s.table for s in sources.SOURCES]},
             ).fetchall()
-        problems = sources.problems(columns, app_schema)
+        # Columns renamed in one step (`pubctl rename-column`) are checked under the
+        # names capture reads now.
+        definition = rename.installed(raw) if before is not None else sources.DEFINITION
+        problems = sources.problems(columns, app_schema, definition)
         if problems:
             raise MissingSourceError(
                 "the application's tables are not ready for pubctl, nothing was changed: "

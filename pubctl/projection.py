@@ -16,6 +16,8 @@ from typing import Any
 
 import rfc8785
 
+from pubctl.sources import BY_TABLE, ID_TYPES, JSON_STRING_ARRAY, Field, Kind, Source
+
 SCHEMA_VERSION = 1
 TOMBSTONE: dict[str, Any] = {}
 # RFC 8785 numbers are IEEE doubles: integers beyond this lose precision, so the
@@ -104,56 +106,48 @@ def _safe_int(value: Any, column: str) -> int | None:
     return value
 
 
-def _choices(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise PayloadRuleError("choices must be a JSON array of strings")
-    return list(value)
+def _live(kind: Kind, row: Mapping[str, Any]) -> bool:
+    """Whether the row's item of ``kind`` is live: its liveness columns say so."""
+    return all(row[column] is None for column in kind.live_when_null) and all(
+        row[column] == value for column, value in kind.live_when_equal
+    )
 
 
-def topic_items(row: Mapping[str, Any]) -> list[Item]:
-    """The items a ``study_topic`` row publishes (one: the topic).
-
-    Only what is published is read: of a deleted row, its id and ``deleted_at``."""
-    topic_id = _id(row["id"], "study_topic.id")
-    payload = None
-    if row["deleted_at"] is None:
-        payload = {
-            "topic_id": _safe_int(topic_id, "study_topic.id"),
-            "name": row["name"],
-            "exam_round_size": _safe_int(row["exam_round_size"], "exam_round_size"),
-        }
-    return [Item("topic", topic_id, payload)]
-
-
-def question_items(row: Mapping[str, Any]) -> list[Item]:
-    """The items a ``study_question`` row publishes: the question and its explanation.
-
-    Only what is published is read: of a deleted row, its id and ``deleted_at``; the
-    explanation only while ``explanation_status`` is 'ready'."""
-    question_id = _id(row["id"], "study_question.id")
-    live = row["deleted_at"] is None
-    question = None
-    explanation = None
-    if live:
-        question = {
-            "question_id": _safe_int(question_id, "study_question.id"),
-            "topic_id": _safe_int(row["topic_id"], "topic_id"),
-            "exam_name": row["exam_name"],
-            "exam_round": _safe_int(row["exam_round"], "exam_round"),
-            "number": _safe_int(row["number"], "number"),
-            "body": row["body"],
-            "choices": _choices(row["choices"]),
-            "answer": _safe_int(row["answer"], "answer"),
-        }
-        if row["explanation_status"] == "ready":
-            explanation = {"question_id": question_id, "explanation": row["explanation"]}
-    return [Item("question", question_id, question), Item("explanation", question_id, explanation)]
-
-
-# The reference projection of each source table's rows.
-ITEMS_OF_TABLE = {"study_topic": topic_items, "study_question": question_items}
+def _value(source: Source, kind: Kind, field: Field, row: Mapping[str, Any]) -> Any:
+    """A field's JSON value, by the type of the column it reads, with its rules."""
+    column = source.column(field.column)
+    value = row[field.column]
+    if column.types == JSON_STRING_ARRAY:
+        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+            raise PayloadRuleError(f"{kind.name}: {field.key} must be a JSON array of strings")
+        return list(value)
+    if value is None:
+        if not field.nullable:
+            raise PayloadRuleError(f"{kind.name}: {field.key} must not be null")
+        return None
+    if set(column.types) <= set(ID_TYPES):
+        return _safe_int(value, f"{source.table}.{column.name}")
+    if not isinstance(value, str):
+        raise PayloadRuleError(f"{source.table}.{column.name} must be text, got {value!r}")
+    return value
 
 
 def items_of(table: str, row: Mapping[str, Any]) -> list[Item]:
-    """The items a row of ``table`` publishes."""
-    return ITEMS_OF_TABLE[table](row)
+    """The items a row of ``table`` publishes, one per kind of its source, in the
+    definition's order (:mod:`pubctl.sources`): the payload of each live item, a
+    tombstone for the others.
+
+    Only what is published is read: of a row, its key and its liveness columns; a field
+    only while its item is live."""
+    source = BY_TABLE[table]
+    key = _id(row[source.key.name], f"{table}.{source.key.name}")
+    return [
+        Item(
+            kind.name,
+            key,
+            {f.key: _value(source, kind, f, row) for f in kind.fields}
+            if _live(kind, row)
+            else None,
+        )
+        for kind in source.publishes
+    ]

@@ -71,6 +71,7 @@ def render(definition: Definition) -> list[Rendered]:
         objects.append(_feed_index(kind_name))
     objects.append(_feed(definition))
     objects.append(_capture_owner(definition))
+    objects.append(_shape_check_all())
     return objects
 
 
@@ -84,7 +85,9 @@ def file_text(objects: list[Rendered], part: str) -> str:
         "SET LOCAL search_path = pg_catalog, pg_temp;\n"
     )
     body = "".join(
-        f"\n-- object: {o.identity}\n-- drop: {o.drop}\n{o.sql}\n" for o in objects if o.part == part
+        f"\n-- object: {o.identity}\n-- drop: {o.drop}\n{o.sql}\n"
+        for o in objects
+        if o.part == part
     )
     return head + body
 
@@ -351,7 +354,9 @@ def _row_data(source: Source) -> str:
         if column.name == source.key.name or column.name in main.liveness_columns:
             value = f"r.{column.name}"
         elif any(column.name in k.liveness_columns for k in source.publishes):
-            value = f"CASE WHEN {_live_condition(main, prefix='r.')} THEN left(r.{column.name}, 64) END"
+            value = (
+                f"CASE WHEN {_live_condition(main, prefix='r.')} THEN left(r.{column.name}, 64) END"
+            )
         else:
             readers = [k for k in source.publishes if column.name in {f.column for f in k.fields}]
             live = " OR ".join(f"({_live_condition(k, prefix='r.')})" for k in readers) or "false"
@@ -458,9 +463,7 @@ def _capture_function(name: str, declare: str, body: str) -> Rendered:
         f"CREATE OR REPLACE FUNCTION pub.{name}() RETURNS trigger\n"
         "    LANGUAGE plpgsql SECURITY DEFINER\n"
         "    SET search_path = pg_catalog, pg_temp\n"
-        "AS $$\n"
-        + (f"DECLARE\n{declare}\n" if declare else "")
-        + f"BEGIN\n{body}\nEND;\n$$;\n\n"
+        "AS $$\n" + (f"DECLARE\n{declare}\n" if declare else "") + f"BEGIN\n{body}\nEND;\n$$;\n\n"
         f"REVOKE ALL ON FUNCTION pub.{name}() FROM PUBLIC;",
         f"DROP FUNCTION pub.{name}();",
     )
@@ -599,6 +602,9 @@ def _compared(source: Source, kind: Kind, row: str) -> str:
     return "(" + ", ".join(parts) + ")" if len(parts) > 1 else (parts[0] if parts else "NULL")
 
 
+_OUTBOX_COLUMNS = "(id, kind, source_id, payload, payload_hash, schema_version, deleted)"
+
+
 def _update_capture(source: Source) -> Rendered:
     names = _renamed(source)
     key = names[source.key.name]
@@ -684,8 +690,7 @@ def _update_capture(source: Source) -> Rendered:
             same_id_branches.append(
                 f"{condition} THEN\n"
                 f"        ids := ARRAY[{nextvals}];\n"
-                "        INSERT INTO pub.outbox\n"
-                "            (id, kind, source_id, payload, payload_hash, schema_version, deleted)\n"
+                f"        INSERT INTO pub.outbox\n            {_OUTBOX_COLUMNS}\n"
                 "        OVERRIDING SYSTEM VALUE\n"
                 f"        VALUES {rows};\n"
             )
@@ -829,6 +834,18 @@ def _capture_owner(definition: Definition) -> Rendered:
         "SELECT pub.settle_ownership(ARRAY[\n    "
         + ",\n    ".join(f"'{n}'" for n in names)
         + "\n]::regprocedure[]);",
+        "SELECT 1;",
+    )
+
+
+def _shape_check_all() -> Rendered:
+    """Every source has the columns the capture just installed reads: a migration that
+    renders capture for a column the table does not have (renamed since, say) fails
+    here, and nothing of it stays."""
+    return Rendered(
+        ATTACHMENTS,
+        "shape check",
+        "SELECT pub.require_source(s) FROM unnest(pub.source_tables()) AS s;",
         "SELECT 1;",
     )
 

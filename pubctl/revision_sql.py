@@ -45,8 +45,15 @@ def _head(sql: str) -> str:
     return sql[: sql.index(" LANGUAGE ")] if " LANGUAGE " in sql else sql
 
 
+# Objects that are statements to run after every change, not objects to compare.
+CLOSING = ("ownership", "shape check")
+
+
 def delta(old: list[Rendered], new: list[Rendered]) -> str:
     """SQL that takes a database from the ``old`` objects to the ``new`` ones."""
+    closing = [o for o in new if o.identity in CLOSING]
+    old = [o for o in old if o.identity not in CLOSING]
+    new = [o for o in new if o.identity not in CLOSING]
     before = {o.identity: o for o in old}
     after = {o.identity: o for o in new}
     recreated = {
@@ -58,7 +65,7 @@ def delta(old: list[Rendered], new: list[Rendered]) -> str:
     }
     # A function or type dropped (CASCADE) takes the functions naming it along.
     dropped_names = {
-        i.split(" ", 1)[1].split("(")[0] for i in recreated if not i.startswith("index ")
+        i.split(" ", 1)[1].split("(")[0] for i in recreated if i.startswith(("function ", "type "))
     }
     statements = [before[i].drop for i in reversed([o.identity for o in old]) if i in recreated]
     for o in new:
@@ -66,13 +73,14 @@ def delta(old: list[Rendered], new: list[Rendered]) -> str:
         uses_dropped = o.identity.startswith("function ") and any(
             name in o.sql for name in dropped_names
         )
-        if (changed or uses_dropped) and o.identity != "ownership":
+        if changed or uses_dropped:
             statements.append(o.sql)
     statements += [o.drop for o in reversed(old) if o.identity not in after]
-    if len(statements) == 0:
+    if not statements:
         return ""
-    ownership = next(o for o in new if o.identity == "ownership")
-    return "\n\n".join(["SET LOCAL search_path = pg_catalog, pg_temp;", *statements, ownership.sql])
+    return "\n\n".join(
+        ["SET LOCAL search_path = pg_catalog, pg_temp;", *statements, *(o.sql for o in closing)]
+    )
 
 
 def main(argv: list[str]) -> int:

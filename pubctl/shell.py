@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from pubctl.errors import EXIT_FAILURE, EXIT_USAGE, PubctlError
+from pubctl.sources import BY_TABLE
 
 if TYPE_CHECKING:
     import psycopg
@@ -221,7 +222,7 @@ PUB_NEEDS = {
     "feed": READER,
     "serve": READER + " (and EXECUTE on pub.health)",
 }
-SOURCE_TABLES = ("study_topic", "study_question")
+SOURCE_TABLES = tuple(BY_TABLE)
 _DENIED = re.compile(r"permission denied for (?P<kind>\w+) (?P<name>\S+)")
 _OWNER = re.compile(r"must be owner of (?P<kind>\w+) (?P<name>\S+)")
 

@@ -223,15 +223,17 @@ BY_TARGET = {source.target: source for source in SOURCES}
 BY_KIND = {kind: source for source in SOURCES for kind in source.kinds}
 
 
-def problems(rows: list[dict[str, Any]], schema: str) -> list[str]:
+def problems(
+    rows: list[dict[str, Any]], schema: str, definition: Definition | None = None
+) -> list[str]:
     """Everything missing or wrong in the application's tables, one line each, from the
-    catalog rows of the ``source_columns`` query. An empty list means the tables are fit
-    for pubctl's triggers."""
+    catalog rows of the ``source_columns`` query, for ``definition`` (the one in use by
+    default). An empty list means the tables are fit for pubctl's triggers."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         found.setdefault(str(row["table_name"]), {})[str(row["column_name"])] = row
     lines: list[str] = []
-    for source in SOURCES:
+    for source in (definition or DEFINITION).sources:
         table = source.table
         if table not in found:
             lines.append(f"table {schema}.{table} is missing")

@@ -1050,3 +1050,5 @@ SELECT pub.settle_ownership(ARRAY[
     'pub.capture_question_delete()',
     'pub.capture_question_update()'
 ]::regprocedure[]);
+
+SELECT pub.require_source(s) FROM unnest(pub.source_tables()) AS s;

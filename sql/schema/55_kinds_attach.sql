@@ -128,3 +128,7 @@ SELECT pub.settle_ownership(ARRAY[
     'pub.capture_question_delete()',
     'pub.capture_question_update()'
 ]::regprocedure[]);
+
+-- object: shape check
+-- drop: SELECT 1;
+SELECT pub.require_source(s) FROM unnest(pub.source_tables()) AS s;

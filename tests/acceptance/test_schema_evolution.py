@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pubctl import projection
+from pubctl import projection, verify
 
 from support.cli import run_inprocess
 from support.db import Database
@@ -54,11 +54,13 @@ END;
 """
 
 
-V1_QUESTION_ITEMS = projection.question_items
+V1_ITEMS_OF = projection.items_of
 
 
-def v2_question_items(row: dict[str, Any]) -> list[projection.Item]:
-    question, explanation = V1_QUESTION_ITEMS(row)
+def v2_items_of(table: str, row: dict[str, Any]) -> list[projection.Item]:
+    if table != "study_question":
+        return V1_ITEMS_OF(table, row)
+    question, explanation = V1_ITEMS_OF(table, row)
     if question.payload is not None:
         label = None
         if row["exam_name"] is not None and row["exam_round"] is not None:
@@ -92,8 +94,7 @@ def test_projection_change_end_to_end(
     # The new revision's SQL, and the new release's Python reference.
     with pub_db.connect() as conn:
         conn.execute(V2_SQL)
-    monkeypatch.setattr(projection, "question_items", v2_question_items)
-    monkeypatch.setitem(projection.ITEMS_OF_TABLE, "study_question", v2_question_items)
+    monkeypatch.setattr(verify, "items_of", v2_items_of)
 
     result = run_inprocess(
         capsys, "--database-url", pub_db.url, "verify", "--json", "--limit-report", "100"

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from pubctl.projection import Item, question_items, topic_items
+from pubctl.projection import Item, items_of
 
 from support.cli import run_subprocess
 from support.db import Database
@@ -45,9 +45,9 @@ def reference(conn: psycopg.Connection) -> dict[Key, Item]:
     items: dict[Key, Item] = {}
     with conn.cursor(row_factory=dict_row) as cur:
         for row in cur.execute("SELECT * FROM study_topic"):
-            items.update({(i.kind, i.source_id): i for i in topic_items(row)})
+            items.update({(i.kind, i.source_id): i for i in items_of("study_topic", row)})
         for row in cur.execute("SELECT * FROM study_question"):
-            items.update({(i.kind, i.source_id): i for i in question_items(row)})
+            items.update({(i.kind, i.source_id): i for i in items_of("study_question", row)})
     return items
 
 

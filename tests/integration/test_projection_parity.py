@@ -15,9 +15,8 @@ from psycopg.types.json import Jsonb
 from pubctl.projection import (
     MAX_SAFE_INTEGER,
     canonical_json,
+    items_of,
     payload_hash,
-    question_items,
-    topic_items,
 )
 
 from support.db import Database
@@ -97,7 +96,7 @@ def _check(
 )
 def test_question_parity(conn: psycopg.Connection, row: dict[str, Any]) -> None:
     q_sql, e_sql = conn.execute(QUESTION_SQL, {**row, "choices": Jsonb(row["choices"])}).fetchone()
-    q_ref, e_ref = question_items(row)
+    q_ref, e_ref = items_of("study_question", row)
     _check(conn, q_sql, q_ref.payload)
     _check(conn, e_sql, e_ref.payload)
 
@@ -117,7 +116,7 @@ def test_question_parity(conn: psycopg.Connection, row: dict[str, Any]) -> None:
 )
 def test_topic_parity(conn: psycopg.Connection, row: dict[str, Any]) -> None:
     (t_sql,) = conn.execute(TOPIC_SQL, row).fetchone()
-    (t_ref,) = topic_items(row)
+    (t_ref,) = items_of("study_topic", row)
     _check(conn, t_sql, t_ref.payload)
 
 
@@ -140,7 +139,7 @@ def test_one_megabyte_body(conn: psycopg.Connection) -> None:
         "deleted_at": None,
     }
     q_sql, _e = conn.execute(QUESTION_SQL, {**row, "choices": Jsonb(row["choices"])}).fetchone()
-    _check(conn, q_sql, question_items(row)[0].payload)
+    _check(conn, q_sql, items_of("study_question", row)[0].payload)
 
 
 @pytest.mark.parametrize(

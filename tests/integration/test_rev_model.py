@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
-from pubctl.projection import payload_hash, topic_items
+from pubctl.projection import items_of, payload_hash
 
 from support.db import Database
 
@@ -55,7 +55,7 @@ def expected(conn: psycopg.Connection) -> tuple[str, bool] | None:
         row = cur.execute("SELECT * FROM study_topic").fetchone()
     if row is None:
         return None
-    (item,) = topic_items(row)
+    (item,) = items_of("study_topic", row)
     return (item.payload_hash, item.deleted)
 
 

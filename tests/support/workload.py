@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pubctl.feed import read
-from pubctl.projection import question_items, topic_items
+from pubctl.projection import items_of
 
 from support.db import Database
 
@@ -26,10 +26,20 @@ def reference_state(db: Database) -> dict[Item, Any]:
     items: dict[Item, Any] = {}
     with db.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
         for row in cur.execute("SELECT * FROM study_topic"):
-            items.update({(i.kind, i.source_id): i.payload for i in topic_items(row) if i.payload})
+            items.update(
+                {
+                    (i.kind, i.source_id): i.payload
+                    for i in items_of("study_topic", row)
+                    if i.payload
+                }
+            )
         for row in cur.execute("SELECT * FROM study_question"):
             items.update(
-                {(i.kind, i.source_id): i.payload for i in question_items(row) if i.payload}
+                {
+                    (i.kind, i.source_id): i.payload
+                    for i in items_of("study_question", row)
+                    if i.payload
+                }
             )
     return items
 

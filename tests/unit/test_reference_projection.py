@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 from pubctl.projection import (
     PayloadRuleError,
     canonical_json,
+    items_of,
     payload_hash,
-    question_items,
-    topic_items,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -40,7 +39,9 @@ def question(**overrides: object) -> dict[str, object]:
 
 
 def test_topic_canonical_bytes() -> None:
-    (item,) = topic_items({"id": 1, "name": "Anatomy", "exam_round_size": None, "deleted_at": None})
+    (item,) = items_of(
+        "study_topic", {"id": 1, "name": "Anatomy", "exam_round_size": None, "deleted_at": None}
+    )
     assert canonical_json(item.published_payload) == (
         b'{"exam_round_size":null,"name":"Anatomy","topic_id":1}'
     )
@@ -48,7 +49,7 @@ def test_topic_canonical_bytes() -> None:
 
 
 def test_question_and_explanation() -> None:
-    q, e = question_items(question())
+    q, e = items_of("study_question", question())
     assert q.kind == "question" and q.source_id == 7
     assert canonical_json(q.published_payload) == (
         b'{"answer":1,"body":"Which?","choices":["a","b"],"exam_name":"Spring",'
@@ -58,20 +59,20 @@ def test_question_and_explanation() -> None:
 
 
 def test_ready_explanation_with_null_text_is_live() -> None:
-    _q, e = question_items(question(explanation=None))
+    _q, e = items_of("study_question", question(explanation=None))
     assert e.payload == {"question_id": 7, "explanation": None}
 
 
 @pytest.mark.parametrize("status", ["draft", "review", "READY", ""])
 def test_explanation_not_ready_is_a_tombstone(status: str) -> None:
-    _q, e = question_items(question(explanation_status=status))
+    _q, e = items_of("study_question", question(explanation_status=status))
     assert e.deleted and e.published_payload == {}
 
 
 def test_soft_deleted_rows_are_tombstones() -> None:
-    q, e = question_items(question(deleted_at=NOW))
+    q, e = items_of("study_question", question(deleted_at=NOW))
     assert q.deleted and e.deleted
-    (t,) = topic_items({"id": 1, "name": "x", "exam_round_size": 3, "deleted_at": NOW})
+    (t,) = items_of("study_topic", {"id": 1, "name": "x", "exam_round_size": 3, "deleted_at": NOW})
     assert t.deleted
     assert t.payload_hash == payload_hash({}) == hashlib.sha256(b"{}").hexdigest()
 
@@ -88,7 +89,7 @@ def test_soft_deleted_rows_are_tombstones() -> None:
 )
 def test_payload_rules(overrides: dict[str, object], rule: str) -> None:
     with pytest.raises(PayloadRuleError, match=rule):
-        question_items(question(**overrides))
+        items_of("study_question", question(**overrides))
 
 
 json_values = st.recursive(
@@ -144,31 +145,35 @@ TOPIC_COLUMNS = ("id", "name", "exam_round_size", "deleted_at")
 def test_deleted_rows_beyond_the_json_safe_range_are_tombstones(row_id: int) -> None:
     """The JSON-safe range is a payload rule: a row that publishes no payload breaks none,
     whatever its id, and none of its other values are read."""
-    (t,) = topic_items(_shipped_deleted(TOPIC_COLUMNS, row_id))
+    (t,) = items_of("study_topic", _shipped_deleted(TOPIC_COLUMNS, row_id))
     assert (t.kind, t.source_id, t.deleted) == ("topic", row_id, True)
-    q, e = question_items(_shipped_deleted(QUESTION_COLUMNS, row_id))
+    q, e = items_of("study_question", _shipped_deleted(QUESTION_COLUMNS, row_id))
     assert (q.source_id, q.deleted, e.source_id, e.deleted) == (row_id, True, row_id, True)
     deleted_with_bad_values = question(id=row_id, deleted_at=NOW, choices={"a": 1}, topic_id=2**60)
-    assert all(i.deleted for i in question_items(deleted_with_bad_values))
+    assert all(i.deleted for i in items_of("study_question", deleted_with_bad_values))
 
 
 @pytest.mark.parametrize("row_id", [2**53, -(2**53), 2**60, -(2**63), 2**63 - 1])
 def test_live_rows_beyond_the_json_safe_range_break_the_rules(row_id: int) -> None:
     with pytest.raises(PayloadRuleError, match="JSON-safe range"):
-        topic_items({"id": row_id, "name": "t", "exam_round_size": None, "deleted_at": None})
+        items_of(
+            "study_topic", {"id": row_id, "name": "t", "exam_round_size": None, "deleted_at": None}
+        )
     with pytest.raises(PayloadRuleError, match="JSON-safe range"):
-        question_items(question(id=row_id, explanation_status="draft"))
+        items_of("study_question", question(id=row_id, explanation_status="draft"))
 
 
 def test_an_explanation_that_is_not_ready_is_never_read() -> None:
     """verify ships no explanation that is not ready: the reference does not need it."""
-    _q, e = question_items(question(explanation_status="draft", explanation=None))
+    _q, e = items_of("study_question", question(explanation_status="draft", explanation=None))
     assert e.deleted
-    _q, e = question_items(question(explanation_status="draft", explanation=object()))
+    _q, e = items_of("study_question", question(explanation_status="draft", explanation=object()))
     assert e.deleted
 
 
 @pytest.mark.parametrize("row_id", [True, 1.0, "1", None])
 def test_an_id_must_be_an_integer_even_for_a_tombstone(row_id: object) -> None:
     with pytest.raises(PayloadRuleError, match="must be an integer"):
-        topic_items({"id": row_id, "name": None, "exam_round_size": None, "deleted_at": NOW})
+        items_of(
+            "study_topic", {"id": row_id, "name": None, "exam_round_size": None, "deleted_at": NOW}
+        )

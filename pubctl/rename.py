@@ -1,0 +1,116 @@
+"""``pubctl rename-column``: rename a projected column of a source table in one step.
+
+Capture reads the projected columns by name on every write, so a rename must change
+the table and the capture that reads it together. One transaction does both:
+
+1. it locks the table (ACCESS EXCLUSIVE, waiting at most ``lock_timeout_s``): writes
+   wait for the commit, none runs half way;
+2. it replaces what reads the column by name (the capture functions, the lists of
+   projected columns), rendered from the definition with the column's new name;
+3. it renames the column (the DDL guard lets exactly this change through: the
+   projected columns it checks already name the new column);
+4. it attaches the capture triggers again, so that their record names the new column.
+
+The payloads do not change (a field keeps its key), so nothing is republished. The
+definition (``pubctl/sources.py``) then names the column's new name with
+``Column(name, types, column=new)``; until then every command reads the installed
+names (:func:`installed`), and a migration rendered from a definition that still names
+the old column fails (``shape check``) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pubctl import rendering, revision_sql, sources
+from pubctl.errors import PubctlError
+from pubctl.rendering import Rendered
+from pubctl.sources import Definition
+
+MAX_IDENTIFIER = 63
+
+
+def installed(conn: psycopg.Connection[Any], definition: Definition | None = None) -> Definition:
+    """The definition with each projected column under the name the installed capture
+    reads (``pub.source_columns``, in the definition's column order)."""
+    result = definition or sources.DEFINITION
+    for source in result.sources:
+        names = [
+            str(row[0])
+            for row in conn.execute(
+                "SELECT column_name FROM pub.source_columns(%s)", (source.table,)
+            ).fetchall()
+        ]
+        if len(names) != len(source.columns):
+            continue
+        for column, name in zip(source.columns, names, strict=True):
+            if name != column.column_name:
+                result = result.renamed(source.table, column.name, name)
+    return result
+
+
+def _split(objects: list[Rendered]) -> tuple[list[Rendered], list[Rendered]]:
+    """The objects replaced before the rename, and the triggers (and the final check),
+    which name the column as it is after it."""
+    after = [o for o in objects if o.identity.startswith("trigger ") or o.identity == "shape check"]
+    return [o for o in objects if o not in after], after
+
+
+def rename_column(
+    conn: psycopg.Connection[Any], table: str, old: str, new: str, lock_timeout_s: float
+) -> None:
+    """Rename ``table``'s projected column ``old`` to ``new`` and replace the capture that
+    reads it, in one transaction (see the module docstring)."""
+    current = installed(conn)
+    source = current.by_table().get(table)
+    if source is None:
+        raise PubctlError(
+            f"{table} is not a table pubctl publishes from",
+            hint="its tables are " + ", ".join(current.by_table()),
+        )
+    column = next((c for c in source.columns if c.column_name == old), None)
+    if column is None:
+        raise PubctlError(
+            f"column {old} of {table} is not one pubctl reads",
+            hint="rename it with ALTER TABLE: capture does not read it; pubctl reads "
+            + ", ".join(c.column_name for c in source.columns),
+        )
+    if column == source.key:
+        raise PubctlError(
+            f"column {old} of {table} is the key every item is published under",
+            hint="the key is not renamed in one step: keep its name",
+        )
+    if not new or len(new.encode()) > MAX_IDENTIFIER or "\x00" in new:
+        raise PubctlError(f"{new!r} is not a column name PostgreSQL accepts")
+    target = current.renamed(table, column.name, new)
+    before_rename, after_rename = _split(rendering.render(current))
+    new_before, new_after = _split(rendering.render(target))
+    app = conn.execute("SELECT app_schema FROM pub.settings").fetchone()
+    assert app is not None
+    relation = sql.Identifier(str(app[0]), table)
+    try:
+        with conn.transaction():
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_s * 1000)}ms",)
+            )
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(relation))
+            conn.execute(revision_sql.delta(before_rename, new_before).encode())
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+                    relation, sql.Identifier(old), sql.Identifier(new)
+                )
+            )
+            conn.execute(revision_sql.delta(after_rename, new_after).encode())
+    except psycopg.errors.LockNotAvailable:
+        raise PubctlError(
+            f"{table} stayed locked for {lock_timeout_s:g}s; nothing was changed",
+            hint="retry when the long transactions on it have ended, or give --lock-timeout",
+        ) from None
+    except psycopg.errors.DuplicateColumn:
+        raise PubctlError(
+            f"{table} already has a column {new}; nothing was changed",
+            hint="choose another name",
+        ) from None

@@ -1,0 +1,108 @@
+"""The SQL rendered from the definition: the schema files hold the current rendering
+(so the definition cannot change without `make revision`), and migrations rendered
+from a change hold only what changed."""
+
+from __future__ import annotations
+
+from pubctl import rendering, revision_sql, sources
+from pubctl.sources import (
+    ID_TYPES,
+    TEXT_TYPES,
+    TIMESTAMP_TYPES,
+    Column,
+    Definition,
+    Field,
+    Kind,
+    Source,
+)
+
+NOTES = Source(
+    table="study_note",
+    target="notes",
+    columns=(
+        Column("id", ID_TYPES),
+        Column("text", TEXT_TYPES),
+        Column("deleted_at", TIMESTAMP_TYPES),
+    ),
+    publishes=(Kind("note", fields=(Field("note_id", "id"), Field("text", "text"))),),
+)
+
+
+def test_the_schema_files_are_the_rendering_of_the_definition() -> None:
+    """Edit pubctl/sources.py, then `make revision`: it renders these files again and
+    freezes the change into a migration."""
+    objects = rendering.render(sources.DEFINITION)
+    for part, name in revision_sql.FILES.items():
+        text = (revision_sql.SCHEMA / name).read_text()
+        assert text == rendering.file_text(objects, part), f"{name}: run `make revision`"
+    assert revision_sql.frozen_objects() == objects
+
+
+def test_an_unchanged_definition_renders_no_migration() -> None:
+    objects = rendering.render(sources.STUDY)
+    assert revision_sql.delta(objects, objects) == ""
+
+
+def test_a_new_kind_adds_its_objects_and_only_replaces_the_lists() -> None:
+    before = rendering.render(sources.STUDY)
+    after = rendering.render(Definition((*sources.STUDY.sources, NOTES)))
+    up = revision_sql.delta(before, after)
+    for created in (
+        "CREATE TYPE pub.note_payload AS (note_id bigint, text text);",
+        "CREATE INDEX content_note_rev_idx ON pub.content (rev) WHERE kind = 'note';",
+        "CREATE OR REPLACE FUNCTION pub.capture_note_insert()",
+        "CREATE OR REPLACE TRIGGER pub_capture_update AFTER UPDATE ON %I.study_note",
+        "WHEN 'study_note' THEN '{note}'::text[]",
+        "'note' = ANY (feed.kinds)",
+    ):
+        assert created in up
+    # The existing kinds' objects are not touched.
+    assert "pub.capture_question_insert()" not in up.split("settle_ownership")[0]
+    assert "CREATE TYPE pub.question_payload" not in up
+    down = revision_sql.delta(after, before)
+    for dropped in (
+        "DROP TYPE pub.note_payload CASCADE;",
+        "DROP INDEX pub.content_note_rev_idx;",
+        "SELECT pub.detach_capture_trigger('study_note', 'pub_capture_insert');",
+        "DROP FUNCTION pub.capture_note_insert();",
+    ):
+        assert dropped in down
+    assert down.index("detach_capture_trigger") < down.index("DROP FUNCTION pub.capture_note")
+
+
+def test_a_new_field_recreates_the_payload_type_and_what_uses_it() -> None:
+    topics = sources.TOPICS
+    wider = Source(
+        topics.table,
+        topics.target,
+        topics.columns,
+        (
+            Kind(
+                "topic",
+                fields=(*topics.publishes[0].fields, Field("round_size", "exam_round_size")),
+            ),
+        ),
+    )
+    up = revision_sql.delta(
+        rendering.render(sources.STUDY),
+        rendering.render(Definition((wider, sources.QUESTIONS))),
+    )
+    assert up.index("DROP TYPE pub.topic_payload CASCADE;") < up.index(
+        "CREATE TYPE pub.topic_payload AS (exam_round_size integer, name text, round_size"
+    )
+    assert "CREATE OR REPLACE FUNCTION pub.topic_canonical(" in up
+    assert "CREATE OR REPLACE FUNCTION pub.capture_topic_insert()" in up
+
+
+def test_a_renamed_column_is_read_under_its_new_name_and_published_under_its_key() -> None:
+    renamed = sources.STUDY.renamed("study_question", "exam_name", "exam_title")
+    objects = {o.identity: o.sql for o in rendering.render(renamed)}
+    assert "r.exam_title AS exam_name" in objects["function pub.source_select_list(text)"]
+    assert "NEW.exam_title" in objects["function pub.capture_question_update()"]
+    assert "('study_question', 'exam_title'," in objects["function pub.source_columns(text)"]
+    same = {o.identity: o.sql for o in rendering.render(sources.STUDY)}
+    for identity in (
+        "type pub.question_payload",
+        next(i for i in same if "question_canonical" in i),
+    ):
+        assert objects[identity] == same[identity]
