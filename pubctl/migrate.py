@@ -158,6 +158,8 @@ def migrate(
     with db.connect(url) as conn:
         before = current_revision(conn)
     direction = _direction(before, revision)
+    if direction == "downgrade":
+        _refuse_renamed_columns(url)
     if direction == "downgrade" and not drop_published_state:
         _refuse_dropping_published_state(url, before, revision)
     run = MigrationRun(before=before, after=None)
@@ -233,6 +235,28 @@ def _privilege_error(exc: BaseException, url: str, app_schema: str | None) -> Pu
         + "; migrate needs CREATE on the database, USAGE on the application's schema and "
         "TRIGGER on both tables (downgrades: the owner of schema pub)",
     )
+
+
+def _refuse_renamed_columns(url: str) -> None:
+    """A downgrade installs the capture of older revisions, which reads the columns by
+    the names of this pubctl's definition: after `pubctl rename-column` it would read
+    columns that are not there, and every write would fail."""
+    with db.connect(url) as conn:
+        current = rename.installed(conn)
+    renamed = [
+        f"{s.table}.{c.column_name}"
+        for s in current.sources
+        for c in s.columns
+        if c != sources.DEFINITION.by_table()[s.table].column(c.name)
+    ]
+    if renamed:
+        raise PubctlError(
+            "capture reads renamed columns (" + ", ".join(renamed) + "), which the older "
+            "revisions do not know: a downgrade would make every write of the table fail; "
+            "nothing was changed",
+            hint="rename them back with `pubctl rename-column` first, or downgrade with the "
+            "pubctl whose definition names them",
+        )
 
 
 def _lock_blockers(url: str, app_schema: str | None) -> str:

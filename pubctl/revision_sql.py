@@ -7,9 +7,10 @@ object, and back:
 
 * a function or trigger that changed is replaced in place (CREATE OR REPLACE); one
   whose parameters changed, and a type or an index that changed, is dropped and
-  created again (a dropped type or function takes the functions that use it along:
-  those are created again after it);
-* an object no longer defined is dropped, after everything new is in place;
+  created again, with the SQL functions that name it (without CASCADE: an object of
+  someone else's that depends on one makes the migration fail, naming it);
+* an object no longer defined is dropped first (a kind's items go with it:
+  ``pub.forget_kind``);
 * ownership is settled at the end (``pub.settle_ownership``).
 
 Only what changed appears, so a migration reads as the change it makes.
@@ -17,6 +18,7 @@ Only what changed appears, so a migration reads as the change it makes.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -45,6 +47,11 @@ def _head(sql: str) -> str:
     return sql[: sql.index(" LANGUAGE ")] if " LANGUAGE " in sql else sql
 
 
+def _name(identity: str) -> str:
+    """pub.topic_canonical of "function pub.topic_canonical(bigint, ...)"."""
+    return identity.split(" ", 1)[1].split("(")[0]
+
+
 # Objects that are statements to run after every change, not objects to compare.
 CLOSING = ("ownership", "shape check")
 
@@ -56,26 +63,44 @@ def delta(old: list[Rendered], new: list[Rendered]) -> str:
     new = [o for o in new if o.identity not in CLOSING]
     before = {o.identity: o for o in old}
     after = {o.identity: o for o in new}
-    recreated = {
+    # Dropped first: what is no longer defined, and what cannot be replaced in place (a
+    # type or an index that changed; a function whose parameters or result changed).
+    dropped = {o.identity for o in old if o.identity not in after}
+    dropped |= {
         o.identity
         for o in new
         if o.identity in before
         and before[o.identity].sql != o.sql
-        and (not o.replaceable or _head(before[o.identity].sql) != _head(o.sql))
-    }
-    # A function or type dropped (CASCADE) takes the functions naming it along.
-    dropped_names = {
-        i.split(" ", 1)[1].split("(")[0] for i in recreated if i.startswith(("function ", "type "))
-    }
-    statements = [before[i].drop for i in reversed([o.identity for o in old]) if i in recreated]
-    for o in new:
-        changed = o.identity not in before or before[o.identity].sql != o.sql
-        uses_dropped = o.identity.startswith("function ") and any(
-            name in o.sql for name in dropped_names
+        and (
+            not o.replaceable
+            or (
+                o.identity.startswith("function ") and _head(before[o.identity].sql) != _head(o.sql)
+            )
         )
-        if changed or uses_dropped:
-            statements.append(o.sql)
-    statements += [o.drop for o in reversed(old) if o.identity not in after]
+    }
+    # ... and the SQL functions whose bodies name one of those (Postgres records that
+    # dependency and refuses the drop otherwise): dropped before, created again after.
+    while True:
+        names = [_name(i) for i in dropped if i.startswith(("function ", "type "))]
+        pattern = re.compile("|".join(re.escape(n) + r"\b" for n in names)) if names else None
+        more = {
+            o.identity
+            for o in old
+            if pattern is not None
+            and o.identity not in dropped
+            and o.identity.startswith("function ")
+            and "BEGIN ATOMIC" in o.sql
+            and pattern.search(o.sql.split("\n", 1)[1])
+        }
+        if not more:
+            break
+        dropped |= more
+    statements = [o.drop for o in reversed(old) if o.identity in dropped]
+    statements += [
+        o.sql
+        for o in new
+        if o.identity not in before or o.identity in dropped or before[o.identity].sql != o.sql
+    ]
     if not statements:
         return ""
     return "\n\n".join(

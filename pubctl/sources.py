@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +32,36 @@ INT_TYPES = ("smallint", "integer")
 TEXT_TYPES = ("text", "character varying")
 TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone")
 JSON_STRING_ARRAY = ("jsonb",)
+
+# Names the rendered SQL writes as they are: lowercase, no quoting needed, not a word
+# PostgreSQL reserves (it would need quotes as a column or parameter name).
+_PLAIN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+RESERVED = frozenset(
+    """all analyse analyze and any array as asc asymmetric authorization binary both
+    case cast check collate collation column concurrently constraint create cross
+    current_catalog current_date current_role current_schema current_time
+    current_timestamp current_user default deferrable desc distinct do else end
+    except false fetch for foreign freeze from full grant group having ilike in
+    initially inner intersect into is isnull join lateral leading left like limit
+    localtime localtimestamp natural not notnull null offset on only or order outer
+    overlaps placing primary references returning right select session_user similar
+    some symmetric table tablesample then to trailing true union unique user using
+    variadic verbose when where window with""".split()  # noqa: SIM905
+)
+
+
+def plain_name(name: str) -> bool:
+    """Whether ``name`` can stand in SQL unquoted: what every name of a definition is."""
+    return bool(_PLAIN.fullmatch(name)) and name not in RESERVED
+
+
+def _require_plain(*names: str) -> None:
+    for name in names:
+        if not plain_name(name):
+            raise ValueError(
+                f"{name!r}: names in the definition are lowercase letters, digits and _, "
+                "at most 63 characters, not a reserved word"
+            )
 
 
 @dataclass(frozen=True)
@@ -43,6 +74,9 @@ class Column:
     name: str
     types: tuple[str, ...]
     column: str = ""
+
+    def __post_init__(self) -> None:
+        _require_plain(self.name, self.column_name)
 
     @property
     def column_name(self) -> str:
@@ -66,6 +100,9 @@ class Field:
     column: str
     nullable: bool = True
 
+    def __post_init__(self) -> None:
+        _require_plain(self.key, self.column)
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -78,6 +115,9 @@ class Kind:
     fields: tuple[Field, ...]
     live_when_null: tuple[str, ...] = ("deleted_at",)
     live_when_equal: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        _require_plain(self.name, *self.liveness_columns)
 
     @property
     def liveness_columns(self) -> tuple[str, ...]:
@@ -92,6 +132,14 @@ class Source:
     target: str  # its name on the command line: `pubctl backfill topics`
     columns: tuple[Column, ...]  # the key first
     publishes: tuple[Kind, ...]  # the first is the row's own kind
+
+    def __post_init__(self) -> None:
+        _require_plain(self.table)
+        names = [c.name for c in self.columns]
+        read = {f.column for k in self.publishes for f in k.fields}
+        read |= {c for k in self.publishes for c in k.liveness_columns}
+        if len(set(names)) != len(names) or not read <= set(names):
+            raise ValueError(f"{self.table}: every column a kind reads is listed once")
 
     @property
     def key(self) -> Column:

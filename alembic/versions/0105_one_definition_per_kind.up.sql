@@ -107,23 +107,24 @@ CREATE OR REPLACE FUNCTION pub.source_columns(source text)
 BEGIN ATOMIC
     SELECT v.column_name, v.allowed_types
     FROM (VALUES
-        ('study_topic', 'id', '{smallint,integer,bigint}'::regtype[]),
-        ('study_topic', 'name', '{text,character varying}'::regtype[]),
-        ('study_topic', 'exam_round_size', '{smallint,integer}'::regtype[]),
-        ('study_topic', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[]),
-        ('study_question', 'id', '{smallint,integer,bigint}'::regtype[]),
-        ('study_question', 'topic_id', '{smallint,integer,bigint}'::regtype[]),
-        ('study_question', 'exam_name', '{text,character varying}'::regtype[]),
-        ('study_question', 'exam_round', '{smallint,integer}'::regtype[]),
-        ('study_question', 'number', '{smallint,integer}'::regtype[]),
-        ('study_question', 'body', '{text,character varying}'::regtype[]),
-        ('study_question', 'choices', '{jsonb}'::regtype[]),
-        ('study_question', 'answer', '{smallint,integer}'::regtype[]),
-        ('study_question', 'explanation', '{text,character varying}'::regtype[]),
-        ('study_question', 'explanation_status', '{text,character varying}'::regtype[]),
-        ('study_question', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[])
-    ) AS v(source, column_name, allowed_types)
-    WHERE v.source = source_columns.source;
+        (1, 'study_topic', 'id', '{smallint,integer,bigint}'::regtype[]),
+        (2, 'study_topic', 'name', '{text,character varying}'::regtype[]),
+        (3, 'study_topic', 'exam_round_size', '{smallint,integer}'::regtype[]),
+        (4, 'study_topic', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[]),
+        (1, 'study_question', 'id', '{smallint,integer,bigint}'::regtype[]),
+        (2, 'study_question', 'topic_id', '{smallint,integer,bigint}'::regtype[]),
+        (3, 'study_question', 'exam_name', '{text,character varying}'::regtype[]),
+        (4, 'study_question', 'exam_round', '{smallint,integer}'::regtype[]),
+        (5, 'study_question', 'number', '{smallint,integer}'::regtype[]),
+        (6, 'study_question', 'body', '{text,character varying}'::regtype[]),
+        (7, 'study_question', 'choices', '{jsonb}'::regtype[]),
+        (8, 'study_question', 'answer', '{smallint,integer}'::regtype[]),
+        (9, 'study_question', 'explanation', '{text,character varying}'::regtype[]),
+        (10, 'study_question', 'explanation_status', '{text,character varying}'::regtype[]),
+        (11, 'study_question', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[])
+    ) AS v(position, source, column_name, allowed_types)
+    WHERE v.source = source_columns.source
+    ORDER BY v.position;  -- the definition's order (pubctl.rename.installed)
 END;
 CREATE OR REPLACE FUNCTION pub.source_kinds(source text) RETURNS text[]
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -321,7 +322,7 @@ BEGIN
         noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
     END IF;
     IF starts_with(previous, 'topic:' || OLD.id || ':')
-       AND previous ~ '^[a-z_]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+       AND previous ~ '^[a-z_][a-z0-9_]*:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
         -- Superseded: this transaction's own rows of the items written below.
         DELETE FROM pub.outbox AS o
         WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
@@ -565,7 +566,7 @@ BEGIN
         noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
     END IF;
     IF starts_with(previous, 'question:' || OLD.id || ':')
-       AND previous ~ '^[a-z_]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+       AND previous ~ '^[a-z_][a-z0-9_]*:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
         -- Superseded: this transaction's own rows of the items written below.
         DELETE FROM pub.outbox AS o
         WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
@@ -986,6 +987,28 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+CREATE FUNCTION pub.forget_kind(kind text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    live bigint := (SELECT count(*) FROM pub.content AS c
+                    WHERE c.kind = forget_kind.kind AND NOT c.deleted);
+BEGIN
+    IF live > 0 THEN
+        RAISE EXCEPTION 'pubctl: kind % is no longer defined but % of its items are live', kind, live
+            USING ERRCODE = 'PB008',
+                  DETAIL = 'Removing the kind would remove them from the feed without a tombstone.',
+                  HINT = 'Publish their end first with the pubctl that defines the kind: delete '
+                         'or soft-delete the source rows, apply, then migrate; nothing was changed.';
+    END IF;
+    DELETE FROM pub.outbox AS o WHERE o.kind = forget_kind.kind;
+    DELETE FROM pub.content AS c WHERE c.kind = forget_kind.kind;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.forget_kind(text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pub.attach_capture_trigger(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.detach_capture_trigger(text, text) FROM PUBLIC;

@@ -5,12 +5,12 @@
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 -- object: type pub.topic_payload
--- drop: DROP TYPE pub.topic_payload CASCADE;
+-- drop: DROP TYPE pub.topic_payload;
 -- The payload's keys in RFC 8785 order (sorted), printed by row_to_json.
 CREATE TYPE pub.topic_payload AS (exam_round_size integer, name text, topic_id bigint);
 
 -- object: function pub.topic_is_live(timestamptz)
--- drop: DROP FUNCTION pub.topic_is_live(timestamptz) CASCADE;
+-- drop: DROP FUNCTION pub.topic_is_live(timestamptz);
 CREATE OR REPLACE FUNCTION pub.topic_is_live(deleted_at timestamptz) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
@@ -18,7 +18,7 @@ BEGIN ATOMIC
 END;
 
 -- object: function pub.topic_canonical(bigint, text, integer, timestamptz)
--- drop: DROP FUNCTION pub.topic_canonical(bigint, text, integer, timestamptz) CASCADE;
+-- drop: DROP FUNCTION pub.topic_canonical(bigint, text, integer, timestamptz);
 CREATE OR REPLACE FUNCTION pub.topic_canonical(
     topic_id bigint, name text, exam_round_size integer, deleted_at timestamptz
 ) RETURNS json
@@ -50,12 +50,12 @@ BEGIN ATOMIC
 END;
 
 -- object: type pub.question_payload
--- drop: DROP TYPE pub.question_payload CASCADE;
+-- drop: DROP TYPE pub.question_payload;
 -- The payload's keys in RFC 8785 order (sorted), printed by row_to_json.
 CREATE TYPE pub.question_payload AS (answer integer, body text, choices text[], exam_name text, exam_round integer, number integer, question_id bigint, topic_id bigint);
 
 -- object: function pub.question_is_live(timestamptz)
--- drop: DROP FUNCTION pub.question_is_live(timestamptz) CASCADE;
+-- drop: DROP FUNCTION pub.question_is_live(timestamptz);
 CREATE OR REPLACE FUNCTION pub.question_is_live(deleted_at timestamptz) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
@@ -63,7 +63,7 @@ BEGIN ATOMIC
 END;
 
 -- object: function pub.question_canonical(bigint, bigint, text, integer, integer, text, jsonb, integer, timestamptz)
--- drop: DROP FUNCTION pub.question_canonical(bigint, bigint, text, integer, integer, text, jsonb, integer, timestamptz) CASCADE;
+-- drop: DROP FUNCTION pub.question_canonical(bigint, bigint, text, integer, integer, text, jsonb, integer, timestamptz);
 CREATE OR REPLACE FUNCTION pub.question_canonical(
     question_id bigint, topic_id bigint, exam_name text, exam_round integer, number integer, body text, choices jsonb, answer integer, deleted_at timestamptz
 ) RETURNS json
@@ -78,12 +78,12 @@ BEGIN ATOMIC
 END;
 
 -- object: type pub.explanation_payload
--- drop: DROP TYPE pub.explanation_payload CASCADE;
+-- drop: DROP TYPE pub.explanation_payload;
 -- The payload's keys in RFC 8785 order (sorted), printed by row_to_json.
 CREATE TYPE pub.explanation_payload AS (explanation text, question_id bigint);
 
 -- object: function pub.explanation_is_live(text, timestamptz)
--- drop: DROP FUNCTION pub.explanation_is_live(text, timestamptz) CASCADE;
+-- drop: DROP FUNCTION pub.explanation_is_live(text, timestamptz);
 CREATE OR REPLACE FUNCTION pub.explanation_is_live(explanation_status text, deleted_at timestamptz) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
@@ -91,7 +91,7 @@ BEGIN ATOMIC
 END;
 
 -- object: function pub.explanation_canonical(bigint, text, text, timestamptz)
--- drop: DROP FUNCTION pub.explanation_canonical(bigint, text, text, timestamptz) CASCADE;
+-- drop: DROP FUNCTION pub.explanation_canonical(bigint, text, text, timestamptz);
 CREATE OR REPLACE FUNCTION pub.explanation_canonical(
     question_id bigint, explanation text, explanation_status text, deleted_at timestamptz
 ) RETURNS json
@@ -137,23 +137,24 @@ CREATE OR REPLACE FUNCTION pub.source_columns(source text)
 BEGIN ATOMIC
     SELECT v.column_name, v.allowed_types
     FROM (VALUES
-        ('study_topic', 'id', '{smallint,integer,bigint}'::regtype[]),
-        ('study_topic', 'name', '{text,character varying}'::regtype[]),
-        ('study_topic', 'exam_round_size', '{smallint,integer}'::regtype[]),
-        ('study_topic', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[]),
-        ('study_question', 'id', '{smallint,integer,bigint}'::regtype[]),
-        ('study_question', 'topic_id', '{smallint,integer,bigint}'::regtype[]),
-        ('study_question', 'exam_name', '{text,character varying}'::regtype[]),
-        ('study_question', 'exam_round', '{smallint,integer}'::regtype[]),
-        ('study_question', 'number', '{smallint,integer}'::regtype[]),
-        ('study_question', 'body', '{text,character varying}'::regtype[]),
-        ('study_question', 'choices', '{jsonb}'::regtype[]),
-        ('study_question', 'answer', '{smallint,integer}'::regtype[]),
-        ('study_question', 'explanation', '{text,character varying}'::regtype[]),
-        ('study_question', 'explanation_status', '{text,character varying}'::regtype[]),
-        ('study_question', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[])
-    ) AS v(source, column_name, allowed_types)
-    WHERE v.source = source_columns.source;
+        (1, 'study_topic', 'id', '{smallint,integer,bigint}'::regtype[]),
+        (2, 'study_topic', 'name', '{text,character varying}'::regtype[]),
+        (3, 'study_topic', 'exam_round_size', '{smallint,integer}'::regtype[]),
+        (4, 'study_topic', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[]),
+        (1, 'study_question', 'id', '{smallint,integer,bigint}'::regtype[]),
+        (2, 'study_question', 'topic_id', '{smallint,integer,bigint}'::regtype[]),
+        (3, 'study_question', 'exam_name', '{text,character varying}'::regtype[]),
+        (4, 'study_question', 'exam_round', '{smallint,integer}'::regtype[]),
+        (5, 'study_question', 'number', '{smallint,integer}'::regtype[]),
+        (6, 'study_question', 'body', '{text,character varying}'::regtype[]),
+        (7, 'study_question', 'choices', '{jsonb}'::regtype[]),
+        (8, 'study_question', 'answer', '{smallint,integer}'::regtype[]),
+        (9, 'study_question', 'explanation', '{text,character varying}'::regtype[]),
+        (10, 'study_question', 'explanation_status', '{text,character varying}'::regtype[]),
+        (11, 'study_question', 'deleted_at', '{timestamp with time zone,timestamp without time zone}'::regtype[])
+    ) AS v(position, source, column_name, allowed_types)
+    WHERE v.source = source_columns.source
+    ORDER BY v.position;  -- the definition's order (pubctl.rename.installed)
 END;
 
 -- object: function pub.source_kinds(text)
@@ -378,7 +379,7 @@ BEGIN
         noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
     END IF;
     IF starts_with(previous, 'topic:' || OLD.id || ':')
-       AND previous ~ '^[a-z_]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+       AND previous ~ '^[a-z_][a-z0-9_]*:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
         -- Superseded: this transaction's own rows of the items written below.
         DELETE FROM pub.outbox AS o
         WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])
@@ -631,7 +632,7 @@ BEGIN
         noted := set_config('pubctl.publishing_on_in', pg_current_xact_id()::text, true);
     END IF;
     IF starts_with(previous, 'question:' || OLD.id || ':')
-       AND previous ~ '^[a-z_]+:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
+       AND previous ~ '^[a-z_][a-z0-9_]*:-?[0-9]+:[0-9]+(,[0-9]+)*$' THEN
         -- Superseded: this transaction's own rows of the items written below.
         DELETE FROM pub.outbox AS o
         WHERE o.id = ANY (string_to_array(split_part(previous, ':', 3), ',')::bigint[])

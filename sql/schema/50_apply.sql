@@ -150,6 +150,33 @@ REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
 -- off by the parameters alone (a one-time filter), so one plan serves every call. The
 -- kinds are the ones pub.content's CHECK constraint allows (pub.is_kind).
 
+-- Remove what was published of a kind the definition no longer has (a migration
+-- rendered from a definition without it calls this before it drops the kind's index):
+-- its waiting outbox rows and its tombstones, so that pub.content holds only defined
+-- kinds (its CHECK constraint asks pub.is_kind). Refused while an item of the kind is
+-- still live: its viewers would never learn that it ended.
+CREATE FUNCTION pub.forget_kind(kind text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    live bigint := (SELECT count(*) FROM pub.content AS c
+                    WHERE c.kind = forget_kind.kind AND NOT c.deleted);
+BEGIN
+    IF live > 0 THEN
+        RAISE EXCEPTION 'pubctl: kind % is no longer defined but % of its items are live', kind, live
+            USING ERRCODE = 'PB008',
+                  DETAIL = 'Removing the kind would remove them from the feed without a tombstone.',
+                  HINT = 'Publish their end first with the pubctl that defines the kind: delete '
+                         'or soft-delete the source rows, apply, then migrate; nothing was changed.';
+    END IF;
+    DELETE FROM pub.outbox AS o WHERE o.kind = forget_kind.kind;
+    DELETE FROM pub.content AS c WHERE c.kind = forget_kind.kind;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pub.forget_kind(text) FROM PUBLIC;
+
 -- The identity of the published state (see pub.rev_counter), for feed readers.
 CREATE FUNCTION pub.feed_id() RETURNS uuid
     LANGUAGE sql STABLE SECURITY DEFINER

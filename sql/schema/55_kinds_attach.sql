@@ -65,15 +65,15 @@ CREATE OR REPLACE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %I.study_questi
     FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate()$t$);
 
 -- object: index pub.content_topic_rev_idx
--- drop: DROP INDEX pub.content_topic_rev_idx;
+-- drop: SELECT pub.forget_kind('topic'); DROP INDEX pub.content_topic_rev_idx;
 CREATE INDEX content_topic_rev_idx ON pub.content (rev) WHERE kind = 'topic';
 
 -- object: index pub.content_question_rev_idx
--- drop: DROP INDEX pub.content_question_rev_idx;
+-- drop: SELECT pub.forget_kind('question'); DROP INDEX pub.content_question_rev_idx;
 CREATE INDEX content_question_rev_idx ON pub.content (rev) WHERE kind = 'question';
 
 -- object: index pub.content_explanation_rev_idx
--- drop: DROP INDEX pub.content_explanation_rev_idx;
+-- drop: SELECT pub.forget_kind('explanation'); DROP INDEX pub.content_explanation_rev_idx;
 CREATE INDEX content_explanation_rev_idx ON pub.content (rev) WHERE kind = 'explanation';
 
 -- object: function pub.feed(bigint, integer, text[])

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import psycopg
+import pytest
 
 from pubctl import rendering, revision_sql, sources
+from pubctl.sources import Definition, Field
 
 from support import note_kind
+from support.catalog import snapshot
 from support.cli import run_subprocess
 from support.db import Database
 from support.serve import Served, reader_url
@@ -114,3 +119,56 @@ def test_a_new_kind_from_its_definition_alone(pub_db: Database) -> None:
     report = json.loads(out)
     assert report["counts"]["stale"] == {"note": 1}, report
     assert report["examples"][0]["source_id"] == 2, report
+
+
+def test_a_kind_removed_again_takes_its_ended_items_along(pub_db: Database) -> None:
+    up = revision_sql.delta(rendering.render(sources.STUDY), rendering.render(note_kind.DEFINITION))
+    down = revision_sql.delta(
+        rendering.render(note_kind.DEFINITION), rendering.render(sources.STUDY)
+    )
+    with pub_db.connect() as conn:
+        before = snapshot(conn)
+        conn.execute(note_kind.TABLE_SQL)
+        with conn.transaction():
+            conn.execute(up)
+        conn.execute("INSERT INTO study_note (id, topic_id, text) VALUES (1, 1, 'n')")
+        conn.execute("SELECT pub.apply_batch(1000)")
+        # A live note: removing the kind would take it from viewers without a tombstone.
+        with pytest.raises(psycopg.Error) as refused, conn.transaction():
+            conn.execute(down)
+        assert refused.value.sqlstate == "PB008"
+        conn.execute("DELETE FROM study_note")
+        conn.execute("SELECT pub.apply_batch(1000)")
+        with conn.transaction():
+            conn.execute(down)
+        assert conn.execute("SELECT count(*) FROM pub.content WHERE kind = 'note'").fetchone() == (
+            0,
+        )
+        conn.execute("DROP TABLE study_note")
+        assert snapshot(conn) == before
+
+
+def test_a_new_field_from_its_definition_and_back(pub_db: Database) -> None:
+    topics = sources.TOPICS
+    kind = topics.publishes[0]
+    wider = Definition(
+        (
+            replace(
+                topics,
+                publishes=(replace(kind, fields=(*kind.fields, Field("size", "exam_round_size"))),),
+            ),
+            sources.QUESTIONS,
+        )
+    )
+    up = revision_sql.delta(rendering.render(sources.STUDY), rendering.render(wider))
+    down = revision_sql.delta(rendering.render(wider), rendering.render(sources.STUDY))
+    with pub_db.connect() as conn:
+        before = snapshot(conn)
+        with conn.transaction():
+            conn.execute(up)
+        conn.execute("INSERT INTO study_topic (id, name, exam_round_size) VALUES (1, 'A', 3)")
+        (payload,) = conn.execute("SELECT payload::text FROM pub.outbox").fetchone()
+        assert payload == '{"exam_round_size":3,"name":"A","size":3,"topic_id":1}'
+        with conn.transaction():
+            conn.execute(down)
+        assert snapshot(conn) == before

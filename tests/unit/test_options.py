@@ -55,7 +55,7 @@ def test_feed_limit_0_names_the_option() -> None:
 
 
 # Arguments a command needs before any option can be tried.
-REQUIRED_ARGS = {"backfill": ["all"]}
+REQUIRED_ARGS = {"backfill": ["all"], "rename-column": ["study_question", "body", "question_text"]}
 
 
 def _value(param: click.Option, tmp_path: Path) -> list[str]:

@@ -61,8 +61,8 @@ def test_a_new_kind_adds_its_objects_and_only_replaces_the_lists() -> None:
     assert "CREATE TYPE pub.question_payload" not in up
     down = revision_sql.delta(after, before)
     for dropped in (
-        "DROP TYPE pub.note_payload CASCADE;",
-        "DROP INDEX pub.content_note_rev_idx;",
+        "DROP TYPE pub.note_payload;",
+        "SELECT pub.forget_kind('note'); DROP INDEX pub.content_note_rev_idx;",
         "SELECT pub.detach_capture_trigger('study_note', 'pub_capture_insert');",
         "DROP FUNCTION pub.capture_note_insert();",
     ):
@@ -87,11 +87,26 @@ def test_a_new_field_recreates_the_payload_type_and_what_uses_it() -> None:
         rendering.render(sources.STUDY),
         rendering.render(Definition((wider, sources.QUESTIONS))),
     )
-    assert up.index("DROP TYPE pub.topic_payload CASCADE;") < up.index(
+    # The function that uses the type goes first (no CASCADE), and comes back after.
+    drop_function = up.index(
+        "DROP FUNCTION pub.topic_canonical(bigint, text, integer, timestamptz);"
+    )
+    assert drop_function < up.index("DROP TYPE pub.topic_payload;")
+    assert up.index("DROP TYPE pub.topic_payload;") < up.index(
         "CREATE TYPE pub.topic_payload AS (exam_round_size integer, name text, round_size"
     )
     assert "CREATE OR REPLACE FUNCTION pub.topic_canonical(" in up
+    assert up.count("DROP FUNCTION pub.topic_canonical(") == 1
     assert "CREATE OR REPLACE FUNCTION pub.capture_topic_insert()" in up
+
+
+def test_names_that_would_need_quoting_are_refused() -> None:
+    for name in ("Body", "a b", "x'y", "body||evil()", "order", "", "x" * 64):
+        try:
+            Column(name, TEXT_TYPES)
+        except ValueError:
+            continue
+        raise AssertionError(f"{name!r} was accepted")
 
 
 def test_a_renamed_column_is_read_under_its_new_name_and_published_under_its_key() -> None:
@@ -99,7 +114,7 @@ def test_a_renamed_column_is_read_under_its_new_name_and_published_under_its_key
     objects = {o.identity: o.sql for o in rendering.render(renamed)}
     assert "r.exam_title AS exam_name" in objects["function pub.source_select_list(text)"]
     assert "NEW.exam_title" in objects["function pub.capture_question_update()"]
-    assert "('study_question', 'exam_title'," in objects["function pub.source_columns(text)"]
+    assert "'study_question', 'exam_title'," in objects["function pub.source_columns(text)"]
     same = {o.identity: o.sql for o in rendering.render(sources.STUDY)}
     for identity in (
         "type pub.question_payload",
