@@ -108,18 +108,18 @@ def delta(old: list[Rendered], new: list[Rendered]) -> str:
     )
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], schema: Path = SCHEMA) -> int:
     """Render the definition; write the migration's frozen SQL (``argv``: the
     migration's path without .py) and the schema files."""
     base = Path(argv[0])
-    old = frozen_objects()
+    old = frozen_objects(schema)
     new = rendering.render(sources.DEFINITION)
     up, down = delta(old, new), delta(new, old)
     note = "-- Rendered from pubctl/sources.py by `make revision`: what the definition changed.\n"
     empty = "-- The definition did not change: write what this revision changes.\n"
     base.with_suffix(".up.sql").write_text(note + up + "\n" if up else empty)
     base.with_suffix(".down.sql").write_text(note + down + "\n" if down else empty)
-    write_schema_files(new)
+    write_schema_files(new, schema)
     return 0
 
 

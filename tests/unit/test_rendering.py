@@ -121,3 +121,20 @@ def test_a_renamed_column_is_read_under_its_new_name_and_published_under_its_key
         next(i for i in same if "question_canonical" in i),
     ):
         assert objects[identity] == same[identity]
+
+
+def test_make_revision_freezes_what_the_definition_changed(tmp_path, monkeypatch) -> None:
+    """What `make revision` runs after Alembic wrote the script: the frozen SQL of the
+    change beside it, and the schema files rendered again."""
+    for name in revision_sql.FILES.values():
+        (tmp_path / name).write_text((revision_sql.SCHEMA / name).read_text())
+    wider = Definition((*sources.STUDY.sources, NOTES))
+    monkeypatch.setattr(sources, "DEFINITION", wider)
+    revision_sql.main([str(tmp_path / "0199_notes")], schema=tmp_path)
+    up = (tmp_path / "0199_notes.up.sql").read_text()
+    down = (tmp_path / "0199_notes.down.sql").read_text()
+    assert "CREATE TYPE pub.note_payload" in up and "DROP TYPE pub.note_payload;" in down
+    assert revision_sql.frozen_objects(tmp_path) == rendering.render(wider)
+    # Nothing changed since: nothing to freeze.
+    revision_sql.main([str(tmp_path / "0200_same")], schema=tmp_path)
+    assert "did not change" in (tmp_path / "0200_same.up.sql").read_text()
