@@ -5,27 +5,9 @@ from a change hold only what changed."""
 from __future__ import annotations
 
 from pubctl import rendering, revision_sql, sources
-from pubctl.sources import (
-    ID_TYPES,
-    TEXT_TYPES,
-    TIMESTAMP_TYPES,
-    Column,
-    Definition,
-    Field,
-    Kind,
-    Source,
-)
+from pubctl.sources import TEXT_TYPES, Column, Definition, Field, Kind, Source
 
-NOTES = Source(
-    table="study_note",
-    target="notes",
-    columns=(
-        Column("id", ID_TYPES),
-        Column("text", TEXT_TYPES),
-        Column("deleted_at", TIMESTAMP_TYPES),
-    ),
-    publishes=(Kind("note", fields=(Field("note_id", "id"), Field("text", "text"))),),
-)
+from support.note_kind import NOTES
 
 
 def test_the_schema_files_are_the_rendering_of_the_definition() -> None:
@@ -48,7 +30,7 @@ def test_a_new_kind_adds_its_objects_and_only_replaces_the_lists() -> None:
     after = rendering.render(Definition((*sources.STUDY.sources, NOTES)))
     up = revision_sql.delta(before, after)
     for created in (
-        "CREATE TYPE pub.note_payload AS (note_id bigint, text text);",
+        "CREATE TYPE pub.note_payload AS (note_id bigint, text text, topic_id bigint);",
         "CREATE INDEX content_note_rev_idx ON pub.content (rev) WHERE kind = 'note';",
         "CREATE OR REPLACE FUNCTION pub.capture_note_insert()",
         "CREATE OR REPLACE TRIGGER pub_capture_update AFTER UPDATE ON %I.study_note",
