@@ -363,6 +363,9 @@ def _watched(source: Source, row: str) -> str:
     return "(" + ", ".join(parts) + ")"
 
 
+TRUNCATE = "pub_refuse_truncate"
+
+
 def triggers(source: Source) -> list[Rendered]:
     table = source.table
     main = source.main_kind
@@ -388,7 +391,13 @@ def triggers(source: Source) -> list[Rendered]:
             f"trigger {name} on {table}",
             f"SELECT pub.attach_capture_trigger('{table}', '{name}', $t$\n"
             f"CREATE OR REPLACE TRIGGER {name} {text}$t$);",
-            f"SELECT pub.detach_capture_trigger('{table}', '{name}');",
+            f"SELECT pub.detach_capture_trigger('{table}', '{name}');"
+            # Detached only when the source goes: its backfill history goes with it.
+            + (
+                f" DELETE FROM pub.backfill_runs WHERE source = '{table}';"
+                if name == TRUNCATE
+                else ""
+            ),
         )
         for name, text in definitions.items()
     ]

@@ -1,6 +1,6 @@
 """Freeze a change of the definition into a migration (what ``make revision`` runs).
 
-The rendered schema files (``sql/schema/25_kinds.sql``, ``55_kinds_attach.sql``) hold
+The rendered schema files (``sql/schema/25_kinds.sql``, ``75_kinds_attach.sql``) hold
 the objects of the definition as last frozen. :func:`delta` compares them with a new
 rendering and writes the SQL that takes a database from one to the other, object by
 object, and back:
@@ -26,7 +26,7 @@ from pubctl import rendering, sources
 from pubctl.rendering import ATTACHMENTS, DEFINITIONS, Rendered
 
 SCHEMA = Path(__file__).resolve().parent.parent / "sql" / "schema"
-FILES = {DEFINITIONS: "25_kinds.sql", ATTACHMENTS: "55_kinds_attach.sql"}
+FILES = {DEFINITIONS: "25_kinds.sql", ATTACHMENTS: "75_kinds_attach.sql"}
 
 
 def frozen_objects(schema: Path = SCHEMA) -> list[Rendered]:

@@ -2,16 +2,6 @@
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
-ALTER TABLE pub.outbox DROP CONSTRAINT outbox_kind_check,
-    ADD CONSTRAINT outbox_kind_check CHECK (kind IN ('topic', 'question', 'explanation'));
-ALTER TABLE pub.content DROP CONSTRAINT content_kind_check,
-    ADD CONSTRAINT content_kind_check CHECK (kind IN ('topic', 'question', 'explanation'));
-ALTER TABLE pub.backfill_runs DROP CONSTRAINT backfill_runs_source_check,
-    ADD CONSTRAINT backfill_runs_source_check CHECK (source IN ('study_topic', 'study_question'));
-ALTER TABLE pub.leases DROP CONSTRAINT leases_name_check,
-    ADD CONSTRAINT leases_name_check CHECK (name IN ('worker', 'backfill:study_topic',
-                                              'backfill:study_question'));
-
 CREATE OR REPLACE FUNCTION pub.topic_is_live(deleted_at timestamptz) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
@@ -969,7 +959,6 @@ DROP FUNCTION pub.settle_ownership(regprocedure[]);
 DROP FUNCTION pub.forget_kind(text);
 DROP FUNCTION pub.source_row_data_sql(text);
 DROP FUNCTION pub.source_tables();
-DROP FUNCTION pub.is_kind(text);
 
 -- The capture put back reads the columns by the names of 0104: a column renamed since
 -- (`pubctl rename-column`) makes the downgrade fail here, with nothing changed.

@@ -1,16 +1,14 @@
 -- One definition per kind: the SQL that depends on the kinds (payload row types,
 -- liveness and projection functions, shape checks, capture functions and triggers,
 -- the feed's branches, the functions that name sources, kinds and columns) is rendered
--- from pubctl/sources.py (sql/schema/25_kinds.sql, 55_kinds_attach.sql). This revision
+-- from pubctl/sources.py (sql/schema/25_kinds.sql, 75_kinds_attach.sql). This revision
 -- replaces the hand-written forms with the rendered ones: the same payloads, hashes
--- and triggers; the row types, feed indexes and triggers stay as they are. Lists of
--- kinds and sources elsewhere (CHECK constraints, the guard, the checks of status and
--- verify, the lock names) now ask the rendered functions.
+-- and triggers; the row types, feed indexes, triggers and the CHECK constraints listing
+-- kinds and sources stay as they are (the rendering writes them alike). Lists of
+-- sources elsewhere (the guard, the checks of status and verify, the lock names) now
+-- ask the rendered functions.
 --
--- Locks: the CHECK constraints are replaced on pub.outbox, pub.content,
--- pub.backfill_runs and pub.leases (ACCESS EXCLUSIVE on each until commit, and a scan of
--- each to check its rows: pub.content's about 0.3 s per million items); application
--- writes wait for the outbox's part.
+-- Locks: none on tables; functions are replaced in place.
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
@@ -172,11 +170,6 @@ CREATE OR REPLACE FUNCTION pub.source_tables() RETURNS text[]
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT '{study_topic,study_question}'::text[];
-END;
-CREATE OR REPLACE FUNCTION pub.is_kind(kind text) RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT kind IN ('topic', 'question', 'explanation');
 END;
 CREATE OR REPLACE FUNCTION pub.capture_topic_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1013,17 +1006,6 @@ REVOKE ALL ON FUNCTION pub.forget_kind(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.attach_capture_trigger(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.detach_capture_trigger(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pub.settle_ownership(regprocedure[]) FROM PUBLIC;
-
--- The lists of kinds and sources in CHECK constraints.
-ALTER TABLE pub.outbox DROP CONSTRAINT outbox_kind_check,
-    ADD CONSTRAINT outbox_kind_check CHECK (pub.is_kind(kind));
-ALTER TABLE pub.content DROP CONSTRAINT content_kind_check,
-    ADD CONSTRAINT content_kind_check CHECK (pub.is_kind(kind));
-ALTER TABLE pub.backfill_runs DROP CONSTRAINT backfill_runs_source_check,
-    ADD CONSTRAINT backfill_runs_source_check CHECK (pub.source_kinds(source) IS NOT NULL);
-ALTER TABLE pub.leases DROP CONSTRAINT leases_name_check,
-    ADD CONSTRAINT leases_name_check CHECK (name = 'worker' OR starts_with(name, 'backfill:'));
-
 -- The feed, rendered (the same branches; its grants stay).
 -- The feed: item changes in rev order, for viewers (50_apply.sql says why one
 -- branch per kind, each reading its kind's partial rev index).

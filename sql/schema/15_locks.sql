@@ -37,8 +37,8 @@ COMMENT ON TABLE pub.unpublished_writers IS
 
 CREATE TABLE pub.leases (
     lock_key   bigint PRIMARY KEY,
-    -- 'worker', or 'backfill:' and a source table
-    name       text NOT NULL CHECK (name = 'worker' OR starts_with(name, 'backfill:')),
+    -- 'worker', or 'backfill:' and a source table (leases_name_check, 75_kinds_attach.sql)
+    name       text NOT NULL,
     pid        integer NOT NULL,
     started_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );

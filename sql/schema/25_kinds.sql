@@ -219,14 +219,6 @@ BEGIN ATOMIC
     SELECT '{study_topic,study_question}'::text[];
 END;
 
--- object: function pub.is_kind(text)
--- drop: DROP FUNCTION pub.is_kind(text);
-CREATE OR REPLACE FUNCTION pub.is_kind(kind text) RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT kind IN ('topic', 'question', 'explanation');
-END;
-
 -- object: function pub.capture_topic_insert()
 -- drop: DROP FUNCTION pub.capture_topic_insert();
 CREATE OR REPLACE FUNCTION pub.capture_topic_insert() RETURNS trigger

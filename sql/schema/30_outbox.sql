@@ -8,7 +8,7 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 CREATE TABLE pub.outbox (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind           text NOT NULL CHECK (pub.is_kind(kind)),  -- the defined kinds
+    kind           text NOT NULL,  -- a defined kind (outbox_kind_check, 75_kinds_attach.sql)
     source_id      bigint NOT NULL,
     -- The canonical text itself (RFC 8785), kept as built: json stores its input as
     -- it is, so sha256(payload::text) is payload_hash, and nothing downstream (the

@@ -122,7 +122,7 @@ REVOKE ALL ON FUNCTION pub.capture_current_items(text, text[], bigint[]) FROM PU
 
 -- The capture functions of each source, pub.capture_<kind>_insert, _delete and
 -- _update, and their triggers are rendered from the definition in pubctl/sources.py
--- (25_kinds.sql and 55_kinds_attach.sql), one set per source table, in the design below.
+-- (25_kinds.sql and 75_kinds_attach.sql), one set per source table, in the design below.
 --
 -- The statement triggers write one INSERT ... SELECT per kind from the transition
 -- table. Each SELECT filters on liveness and computes the canonical text in a
@@ -309,7 +309,7 @@ $$;
 -- Attach one capture trigger to a source table, in the schema recorded at install, and
 -- record its definition as Postgres prints it (status and verify compare the catalog
 -- with it). definition is a CREATE OR REPLACE TRIGGER statement whose %I stands for the
--- application's schema; the rendered triggers (55_kinds_attach.sql) call this. The
+-- application's schema; the rendered triggers (75_kinds_attach.sql) call this. The
 -- WHEN clauses list every projected column (and liveness, not the deleted_at
 -- timestamp itself): an UPDATE that changes none of them never calls the function.
 -- Text columns compare in the "C" collation, byte for byte: under a nondeterministic
@@ -440,7 +440,7 @@ BEGIN
         pub.capture_current_items(text, text[], bigint[])
         TO pubctl_capture;
     -- The rendered capture functions follow (pub.settle_ownership, called at the end
-    -- of 55_kinds_attach.sql).
+    -- of 75_kinds_attach.sql).
     ALTER FUNCTION pub.refuse_truncate() OWNER TO pubctl_capture;
 END;
 $owner$;

@@ -14,7 +14,7 @@
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 CREATE TABLE pub.content (
-    kind           text NOT NULL CHECK (pub.is_kind(kind)),  -- the defined kinds
+    kind           text NOT NULL,  -- a defined kind (content_kind_check, 75_kinds_attach.sql)
     source_id      bigint NOT NULL,
     pub_id         uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
     rev            bigint NOT NULL UNIQUE,
@@ -30,7 +30,7 @@ COMMENT ON TABLE pub.content IS
     'The published state: one row per item, its newest payload or tombstone and the rev of its last real change. Read it through pub.feed().';
 
 -- A feed filtered by kind reads its kinds' ranges of a partial rev index per kind,
--- content_<kind>_rev_idx (rendered with pub.feed into 55_kinds_attach.sql).
+-- content_<kind>_rev_idx (rendered with pub.feed into 75_kinds_attach.sql).
 
 -- The one counter revs come from, across all kinds. A row, not a sequence: it is
 -- transactional, so a failed batch leaves no gap, and updating it is one more
@@ -135,7 +135,7 @@ $$;
 
 REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
 
--- The feed, pub.feed (rendered into 55_kinds_attach.sql, a branch per kind): item
+-- The feed, pub.feed (rendered into 75_kinds_attach.sql, a branch per kind): item
 -- changes in rev order, for viewers. SECURITY DEFINER so that a
 -- reader role needs nothing but USAGE on schema pub and EXECUTE on this function.
 -- payload is the canonical text as stored (json): its bytes hash to payload_hash.
@@ -148,12 +148,12 @@ REVOKE ALL ON FUNCTION pub.apply_batch(integer) FROM PUBLIC;
 -- Each row is in exactly one of them: the applier writes no more index entries.)
 -- Without kinds it is one range of the rev index. Each branch is switched on or
 -- off by the parameters alone (a one-time filter), so one plan serves every call. The
--- kinds are the ones pub.content's CHECK constraint allows (pub.is_kind).
+-- kinds are the ones pub.content's CHECK constraint allows.
 
 -- Remove what was published of a kind the definition no longer has (a migration
 -- rendered from a definition without it calls this before it drops the kind's index):
 -- its waiting outbox rows and its tombstones, so that pub.content holds only defined
--- kinds (its CHECK constraint asks pub.is_kind). Refused while an item of the kind is
+-- kinds (its CHECK constraint lists them). Refused while an item of the kind is
 -- still live: its viewers would never learn that it ended.
 CREATE FUNCTION pub.forget_kind(kind text) RETURNS void
     LANGUAGE plpgsql

@@ -14,7 +14,7 @@
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 CREATE TABLE pub.backfill_runs (
-    source     text PRIMARY KEY CHECK (pub.source_kinds(source) IS NOT NULL),
+    source     text PRIMARY KEY,  -- a source table (backfill_runs_source_check, 75_kinds_attach.sql)
     after_id   bigint,                       -- where the run started (NULL: before the first row)
     last_id    bigint,                       -- the last source id of the last committed page
                                              -- (NULL: before the first row, none read yet)

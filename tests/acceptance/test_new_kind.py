@@ -92,7 +92,7 @@ def test_a_new_kind_from_its_definition_alone(pub_db: Database) -> None:
     with pub_db.connect() as conn:
         kinds = conn.execute("SELECT DISTINCT kind FROM pub.feed(0, 1000, '{note}')").fetchall()
         assert kinds == [("note",)]
-        assert conn.execute("SELECT pub.is_kind('note')").fetchone() == (True,)
+        assert conn.execute("SELECT pub.source_kinds('study_note')").fetchone() == (["note"],)
 
     code, out, err = pubctl(pub_db, "feed", "--kind", "note")
     assert code == 0, err

@@ -29,7 +29,7 @@ CREATE OR REPLACE TRIGGER pub_capture_delete AFTER DELETE ON %I.study_topic
     FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_topic_delete()$t$);
 
 -- object: trigger pub_refuse_truncate on study_topic
--- drop: SELECT pub.detach_capture_trigger('study_topic', 'pub_refuse_truncate');
+-- drop: SELECT pub.detach_capture_trigger('study_topic', 'pub_refuse_truncate'); DELETE FROM pub.backfill_runs WHERE source = 'study_topic';
 SELECT pub.attach_capture_trigger('study_topic', 'pub_refuse_truncate', $t$
 CREATE OR REPLACE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %I.study_topic
     FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate()$t$);
@@ -59,7 +59,7 @@ CREATE OR REPLACE TRIGGER pub_capture_delete AFTER DELETE ON %I.study_question
     FOR EACH STATEMENT EXECUTE FUNCTION pub.capture_question_delete()$t$);
 
 -- object: trigger pub_refuse_truncate on study_question
--- drop: SELECT pub.detach_capture_trigger('study_question', 'pub_refuse_truncate');
+-- drop: SELECT pub.detach_capture_trigger('study_question', 'pub_refuse_truncate'); DELETE FROM pub.backfill_runs WHERE source = 'study_question';
 SELECT pub.attach_capture_trigger('study_question', 'pub_refuse_truncate', $t$
 CREATE OR REPLACE TRIGGER pub_refuse_truncate BEFORE TRUNCATE ON %I.study_question
     FOR EACH STATEMENT EXECUTE FUNCTION pub.refuse_truncate()$t$);
@@ -75,6 +75,26 @@ CREATE INDEX content_question_rev_idx ON pub.content (rev) WHERE kind = 'questio
 -- object: index pub.content_explanation_rev_idx
 -- drop: SELECT pub.forget_kind('explanation'); DROP INDEX pub.content_explanation_rev_idx;
 CREATE INDEX content_explanation_rev_idx ON pub.content (rev) WHERE kind = 'explanation';
+
+-- object: constraint outbox_kind_check on pub.outbox
+-- drop: ALTER TABLE pub.outbox DROP CONSTRAINT outbox_kind_check;
+ALTER TABLE pub.outbox DROP CONSTRAINT IF EXISTS outbox_kind_check,
+    ADD CONSTRAINT outbox_kind_check CHECK (kind IN ('topic', 'question', 'explanation'));
+
+-- object: constraint content_kind_check on pub.content
+-- drop: ALTER TABLE pub.content DROP CONSTRAINT content_kind_check;
+ALTER TABLE pub.content DROP CONSTRAINT IF EXISTS content_kind_check,
+    ADD CONSTRAINT content_kind_check CHECK (kind IN ('topic', 'question', 'explanation'));
+
+-- object: constraint backfill_runs_source_check on pub.backfill_runs
+-- drop: ALTER TABLE pub.backfill_runs DROP CONSTRAINT backfill_runs_source_check;
+ALTER TABLE pub.backfill_runs DROP CONSTRAINT IF EXISTS backfill_runs_source_check,
+    ADD CONSTRAINT backfill_runs_source_check CHECK (source IN ('study_topic', 'study_question'));
+
+-- object: constraint leases_name_check on pub.leases
+-- drop: ALTER TABLE pub.leases DROP CONSTRAINT leases_name_check;
+ALTER TABLE pub.leases DROP CONSTRAINT IF EXISTS leases_name_check,
+    ADD CONSTRAINT leases_name_check CHECK (name IN ('worker', 'backfill:study_topic', 'backfill:study_question'));
 
 -- object: function pub.feed(bigint, integer, text[])
 -- drop: DROP FUNCTION pub.feed(bigint, integer, text[]);
