@@ -32,6 +32,7 @@ INT_TYPES = ("smallint", "integer")
 TEXT_TYPES = ("text", "character varying")
 TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone")
 JSON_STRING_ARRAY = ("jsonb",)
+MAX_KIND_NAME = 40
 
 # Names the rendered SQL writes as they are: lowercase, no quoting needed, not a word
 # PostgreSQL reserves (it would need quotes as a column or parameter name).
@@ -118,6 +119,9 @@ class Kind:
 
     def __post_init__(self) -> None:
         _require_plain(self.name, *self.liveness_columns)
+        if len(self.name) > MAX_KIND_NAME:
+            # pub.capture_<kind>_insert, content_<kind>_rev_idx, ... stay within 63.
+            raise ValueError(f"kind {self.name!r}: at most {MAX_KIND_NAME} characters")
 
     @property
     def liveness_columns(self) -> tuple[str, ...]:

@@ -89,6 +89,11 @@ def test_names_that_would_need_quoting_are_refused() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{name!r} was accepted")
+    try:
+        Kind("k" * 41, fields=())
+    except ValueError:
+        return
+    raise AssertionError("a kind name too long for the names derived from it was accepted")
 
 
 def test_a_renamed_column_is_read_under_its_new_name_and_published_under_its_key() -> None:
