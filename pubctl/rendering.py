@@ -173,6 +173,9 @@ def _canonical_call(source: Source, kind: Kind, prefix: str) -> str:
 
 
 def _kind_objects(source: Source, kind: Kind) -> list[Rendered]:
+    """Where a kind's payload is built: its row type (the keys in RFC 8785 order), its
+    liveness and its projection, ``pub.<kind>_canonical`` (NULL for a tombstone, the
+    payload-rule error PB001 for a row that breaks the rules)."""
     fields = sorted(kind.fields, key=lambda f: f.key)
     attributes = ", ".join(f"{f.key} {_payload_type(source.column(f.column))}" for f in fields)
     payload_type = Rendered(
@@ -200,12 +203,15 @@ def _kind_objects(source: Source, kind: Kind) -> list[Rendered]:
     params = canonical_params(source, kind)
     param_of = {column.name: name for name, column in params}
     key_param = param_of[source.key.name]
+    # bigint fields must hold integers RFC 8785 carries exactly (smaller types always do).
     big = [f for f in kind.fields if _param_type(source.column(f.column)) == "bigint"]
-    checks = [
-        f"WHEN NOT ({' AND '.join(f'pub.is_json_safe_integer({f.key})' for f in big)})\n"
+    safe_integers = (
+        f"        WHEN NOT ({' AND '.join(f'pub.is_json_safe_integer({f.key})' for f in big)})\n"
         f"            THEN pub.payload_rule_violation('{kind.name}', {key_param}, "
-        f"'{' and '.join(f.column for f in big)} must be within +-(2^53-1)')::json"
-    ]
+        f"'{' and '.join(f.column for f in big)} must be within +-(2^53-1)')::json\n"
+        if big
+        else ""
+    )
     values = ", ".join(_payload_value(source, kind, f, key_param) for f in fields)
     signature = ", ".join(_param_type(column) for _, column in params)
     canonical = Rendered(
@@ -218,7 +224,7 @@ def _kind_objects(source: Source, kind: Kind) -> list[Rendered]:
         "BEGIN ATOMIC\n"
         "    SELECT CASE\n"
         f"        WHEN NOT {_is_live_call_params(source, kind, param_of)} THEN NULL\n"
-        + "".join(f"        {check}\n" for check in checks if big)
+        + safe_integers
         + f"        ELSE pg_catalog.row_to_json(ROW({values})::pub.{kind.name}_payload)\n"
         "    END;\n"
         "END;",
