@@ -43,14 +43,14 @@ def _as_pub_owner(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-def installed(conn: psycopg.Connection[Any], definition: Definition | None = None) -> Definition:
+def installed(conn: psycopg.Connection[Any]) -> Definition:
     """The definition with each projected column under the name the installed capture
     reads (``pub.source_columns``, in the definition's column order), read as pub's
     owner (:func:`_as_pub_owner`). A source whose installed columns do not match the
     definition one for one is taken as defined."""
-    result = definition or sources.DEFINITION
-    row = conn.execute("SELECT current_setting('role')").fetchone()
-    assert row is not None
+    result = sources.DEFINITION
+    role = conn.execute("SELECT current_setting('role')").fetchone()
+    assert role is not None
     with conn.transaction():
         _as_pub_owner(conn)
         for source in result.sources:
@@ -65,7 +65,7 @@ def installed(conn: psycopg.Connection[Any], definition: Definition | None = Non
             for column, name in zip(source.columns, names, strict=True):
                 if name != column.column_name:
                     result = result.renamed(source.table, column.name, name)
-        conn.execute("SELECT set_config('role', %s, true)", (row[0],))
+        conn.execute("SELECT set_config('role', %s, true)", (role[0],))
     return result
 
 

@@ -141,14 +141,12 @@ def _regtypes(types: tuple[str, ...]) -> str:
 # -- Kinds: payload type, liveness, projection, feed index ----------------------------
 
 
-def _live_condition(kind: Kind, name_of: dict[str, str] | None = None, prefix: str = "") -> str:
-    """SQL that is true while an item of ``kind`` is live, over the liveness columns
-    (named through ``name_of``, prefixed: ``OLD.``, ``r.``)."""
-    name_of = name_of or {}
-    parts = [f"{prefix}{name_of.get(c, c)} IS NULL" for c in kind.live_when_null]
+def _live_condition(kind: Kind, prefix: str = "") -> str:
+    """SQL that is true while an item of ``kind`` is live, over its liveness columns by
+    pubctl's names (parameters, or ``r.`` over a select list), prefixed."""
+    parts = [f"{prefix}{c} IS NULL" for c in kind.live_when_null]
     parts += [
-        f"{prefix}{name_of.get(c, c)} IS NOT DISTINCT FROM {_quote(value)}"
-        for c, value in kind.live_when_equal
+        f"{prefix}{c} IS NOT DISTINCT FROM {_quote(value)}" for c, value in kind.live_when_equal
     ]
     return " AND ".join(parts)
 
@@ -350,12 +348,12 @@ def _function(name: str, params: str, returns: str, body: str, volatility: str) 
     )
 
 
-def _case(definition: Definition, value_of: dict[str, str], cast: str) -> str:
+def _case(definition: Definition, value_of: dict[str, str]) -> str:
     whens = "".join(
         f"        WHEN '{source.table}' THEN {value_of[source.table]}\n"
         for source in definition.sources
     )
-    return f"    SELECT CASE source\n{whens}    END{cast};"
+    return f"    SELECT CASE source\n{whens}    END;"
 
 
 def _quote(text: str) -> str:
@@ -428,18 +426,14 @@ def _dispatch(definition: Definition) -> list[Rendered]:
             "source_kinds",
             "source text",
             "text[]",
-            _case(
-                definition,
-                {s.table: f"'{{{','.join(s.kinds)}}}'::text[]" for s in sources},
-                "",
-            ),
+            _case(definition, {s.table: f"'{{{','.join(s.kinds)}}}'::text[]" for s in sources}),
             "IMMUTABLE",
         ),
         _function(
             "source_select_list",
             "source text",
             "text",
-            _case(definition, {s.table: _quote(_select_list(s)) for s in sources}, ""),
+            _case(definition, {s.table: _quote(_select_list(s)) for s in sources}),
             "IMMUTABLE",
         ),
         _function(
@@ -452,7 +446,6 @@ def _dispatch(definition: Definition) -> list[Rendered]:
                     s.table: f"pg_catalog.format($q$\n            {_items_sql(s)}$q$, relation)"
                     for s in sources
                 },
-                "",
             ),
             "IMMUTABLE",
         ),
@@ -460,7 +453,7 @@ def _dispatch(definition: Definition) -> list[Rendered]:
             "source_row_data_sql",
             "source text",
             "text",
-            _case(definition, {s.table: _quote(_row_data(s)) for s in sources}, ""),
+            _case(definition, {s.table: _quote(_row_data(s)) for s in sources}),
             "IMMUTABLE",
         ),
         _function(

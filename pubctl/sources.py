@@ -261,9 +261,16 @@ def _load() -> Definition:
     if not named:
         return STUDY
     module, _, attribute = named.partition(":")
-    found = getattr(importlib.import_module(module), attribute or "DEFINITION")
+    try:
+        found = getattr(importlib.import_module(module), attribute or "DEFINITION", None)
+    except (ImportError, ValueError) as exc:  # ValueError: a definition that breaks its rules
+        found = exc
     if not isinstance(found, Definition):
-        raise TypeError(f"PUBCTL_DEFINITION={named} is not a pubctl.sources.Definition")
+        # Read at import, before any command's error handling: one line, exit 1.
+        raise SystemExit(
+            f"pubctl: PUBCTL_DEFINITION={named} does not name a pubctl.sources.Definition "
+            f"({found!r}); give module:attribute, with the module on the Python path"
+        )
     return found
 
 

@@ -133,6 +133,14 @@ def test_a_kind_removed_again_takes_its_ended_items_along(pub_db: Database) -> N
             conn.execute(up)
         conn.execute("INSERT INTO study_note (id, topic_id, text) VALUES (1, 1, 'n')")
         conn.execute("SELECT pub.apply_batch(1000)")
+        conn.execute(
+            "INSERT INTO pub.backfill_runs (source, state) VALUES ('study_note', 'finished')"
+        )
+        # A pubctl without the note kind would render over it: rename-column refuses.
+        other = run_subprocess(
+            "--database-url", pub_db.url, "rename-column", "study_question", "body", "text2"
+        )
+        assert other.code != 0 and "other sources or kinds" in other.err, other.err
         # A live note: removing the kind would take it from viewers without a tombstone.
         with pytest.raises(psycopg.Error) as refused, conn.transaction():
             conn.execute(down)
@@ -172,3 +180,10 @@ def test_a_new_field_from_its_definition_and_back(pub_db: Database) -> None:
         with conn.transaction():
             conn.execute(down)
         assert snapshot(conn) == before
+
+
+def test_a_definition_that_cannot_be_loaded_is_one_line() -> None:
+    result = run_subprocess("status", env={"PUBCTL_DEFINITION": "support.nowhere:DEFINITION"})
+    assert result.code == 1
+    assert result.err.startswith("pubctl: PUBCTL_DEFINITION=support.nowhere:DEFINITION does not")
+    assert len(result.err.strip().splitlines()) == 1
